@@ -1,0 +1,1 @@
+"""Video/audio decoding, spectrograms, clip indexes, clip preparation, COCO files, the toy set."""

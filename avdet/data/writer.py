@@ -1,0 +1,83 @@
+"""Write real video files (h264 + AAC mp4 by default) with PyAV: the toy set and the tests use it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+_LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+
+
+def write_av_clip(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray] | None,
+    audio: np.ndarray | None,
+    *,
+    fps: float | Fraction = 25,
+    sample_rate: int = 16000,
+    video_codec: str = "libx264",
+    audio_codec: str = "aac",
+    crf: int = 23,
+    frame_times: Iterable[float] | None = None,
+) -> Path:
+    """Encode `frames` ([H, W, 3] uint8 RGB each) and `audio` ([C, T] or [T] float in [-1, 1]).
+
+    Either stream may be None (a video-only or audio-only file). `frame_times` (seconds, one per
+    frame, increasing) gives a variable frame rate; otherwise frames are spaced at 1 / fps.
+    H and W are made even where the codec needs it (yuv420p), by padding one row/column.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = list(frames) if frames is not None else []
+    with av.open(str(path), "w") as container:
+        vstream = astream = None
+        if frames:
+            height, width = frames[0].shape[:2]
+            vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001))
+            vstream.width, vstream.height = width + width % 2, height + height % 2
+            vstream.pix_fmt = "yuv420p"
+            if video_codec == "libx264":
+                vstream.options = {"crf": str(crf), "preset": "veryfast"}
+            if frame_times is not None:
+                vstream.codec_context.time_base = Fraction(1, 1000)
+        if audio is not None:
+            samples = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+            channels = samples.shape[0]
+            if channels not in _LAYOUTS:
+                raise ValueError(f"{path}: cannot write {channels} audio channels")
+            astream = container.add_stream(audio_codec, rate=sample_rate)
+            astream.layout = _LAYOUTS[channels]
+        if vstream is not None:
+            times = list(frame_times) if frame_times is not None else None
+            for i, rgb in enumerate(frames):
+                rgb = _pad_even(np.ascontiguousarray(rgb, dtype=np.uint8))
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                if times is not None:
+                    frame.pts = round(times[i] * 1000)
+                    frame.time_base = Fraction(1, 1000)
+                for packet in vstream.encode(frame):
+                    container.mux(packet)
+            for packet in vstream.encode(None):
+                container.mux(packet)
+        if astream is not None:
+            frame = av.AudioFrame.from_ndarray(
+                np.clip(samples, -1.0, 1.0), format="fltp", layout=_LAYOUTS[channels]
+            )
+            frame.sample_rate = sample_rate
+            for packet in astream.encode(frame):
+                container.mux(packet)
+            for packet in astream.encode(None):
+                container.mux(packet)
+    return path
+
+
+def _pad_even(rgb: np.ndarray) -> np.ndarray:
+    pad_h, pad_w = rgb.shape[0] % 2, rgb.shape[1] % 2
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return rgb

@@ -1,0 +1,1 @@
+"""Single-image distillation: patch sets from one image and knowledge distillation."""

@@ -1,0 +1,1 @@
+"""The training engine shared by every stage: loop, checkpoints, resume, logging, multi-process."""

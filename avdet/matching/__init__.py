@@ -1,0 +1,1 @@
+"""Naming clusters: Hungarian cluster-to-class matching from a handful of labels."""

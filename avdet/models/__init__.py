@@ -1,0 +1,1 @@
+"""The two-tower audio-visual model, its clustering heads and losses."""

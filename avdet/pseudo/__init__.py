@@ -1,0 +1,1 @@
+"""Heatmaps to pseudo-boxes, and export of the pseudo-labelled COCO set."""

@@ -1,0 +1,1 @@
+"""Sinkhorn-Knopp self-labelling and the label-recomputation schedule."""

@@ -17,6 +17,7 @@ import yaml
 
 BASE_KEY = "_BASE_"
 
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the reason."""
 
@@ -41,7 +42,9 @@ class CfgNode(dict):
     def __setattr__(self, name: str, value: Any) -> None:
         if self.is_frozen():
             raise AttributeError(f"config is frozen; cannot set {name!r} = {value!r}")
-        self[name] = CfgNode(value) if isinstance(value, dict) and not isinstance(value, CfgNode) else value
+        self[name] = (
+            CfgNode(value) if isinstance(value, dict) and not isinstance(value, CfgNode) else value
+        )
 
     # -- freezing ---------------------------------------------------------------------------
     def freeze(self) -> CfgNode:
@@ -66,11 +69,15 @@ class CfgNode(dict):
 
     # -- conversion -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {k: v.to_dict() if isinstance(v, CfgNode) else copy.deepcopy(v) for k, v in self.items()}
+        return {
+            k: v.to_dict() if isinstance(v, CfgNode) else copy.deepcopy(v) for k, v in self.items()
+        }
 
     def dump(self) -> str:
         """YAML text that `merge_from_file` reads back to the same config (tuples become lists)."""
-        return yaml.safe_dump(_tuples_to_lists(self.to_dict()), sort_keys=True, default_flow_style=None)
+        return yaml.safe_dump(
+            _tuples_to_lists(self.to_dict()), sort_keys=True, default_flow_style=None
+        )
 
     # -- merging ----------------------------------------------------------------------------
     def merge_from_file(self, path: str | os.PathLike) -> CfgNode:
@@ -183,8 +190,6 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
         return _lists_to_tuples(value)
     elif isinstance(default, list) and isinstance(value, (tuple, list)):
         return list(value)
-    elif isinstance(default, str) and isinstance(value, str):
-        return value
     elif type(default) is type(value):
         return value
     raise ConfigError(

@@ -33,6 +33,8 @@ _C.INPUT.AUDIO = CfgNode()
 _C.INPUT.AUDIO.SAMPLE_RATE = 16000
 # Length of the audio window centred on the frame, in seconds.
 _C.INPUT.AUDIO.SECONDS = 3.0
+# Training only: the audio window's centre moves by up to this many seconds (0 = off).
+_C.INPUT.AUDIO.TRAIN_JITTER = 0.5
 # "logmel" (torch.stft + librosa mel filters) or "logstft" (LVS/EZ-VSL: n_fft 512, hop 238).
 _C.INPUT.AUDIO.SPECTROGRAM = "logmel"
 _C.INPUT.AUDIO.N_FFT = 512

@@ -10,7 +10,9 @@ from avdet.config.defaults import get_cfg
 from avdet.utils.io import atomic_write_text
 
 
-def load_config(config_file: str | os.PathLike | None = None, opts: list[str] | None = None) -> CfgNode:
+def load_config(
+    config_file: str | os.PathLike | None = None, opts: list[str] | None = None
+) -> CfgNode:
     """Defaults, then `config_file` (with its `_BASE_` chain), then `KEY VALUE` overrides; frozen."""
     cfg = get_cfg()
     if config_file:

@@ -1,0 +1,143 @@
+"""The two-tower audio-visual model: heatmaps, pair scores and clustering heads (stages 1 and 1b).
+
+H(v, a) is the cosine similarity between the audio embedding and every spatial visual embedding;
+the pair score S(v, a) pools H over space (max: multiple-instance). The clustering heads g_v, g_a
+give K logits per head from the pooled trunk features of each modality.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avdet.config import CfgNode
+from avdet.models.towers import AudioTower, VisualTower
+
+POOLINGS = ("max", "mean", "lse")
+
+
+@dataclass
+class AVOutput:
+    """What one forward pass gives; shapes for a batch of B clips, K clusters, NH heads."""
+
+    visual_map: torch.Tensor  # [B, D, h, w], L2-normalised over D
+    audio_embedding: torch.Tensor  # [B, D], L2-normalised
+    visual_logits: list[torch.Tensor]  # NH x [B, K]
+    audio_logits: list[torch.Tensor]  # NH x [B, K]
+
+
+def heatmaps(visual_map: torch.Tensor, audio_embedding: torch.Tensor) -> torch.Tensor:
+    """Cosine heatmaps of each clip's own pair: [B, D, h, w] x [B, D] -> [B, h, w]."""
+    return torch.einsum("bdhw,bd->bhw", visual_map, audio_embedding)
+
+
+def pool_heatmap(heatmap: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pair score from heatmaps [..., h, w] -> [...]; "lse" is a smooth max (temperature 0.1)."""
+    flat = heatmap.flatten(-2)
+    if pooling == "max":
+        return flat.amax(-1)
+    if pooling == "mean":
+        return flat.mean(-1)
+    if pooling == "lse":
+        return 0.1 * (torch.logsumexp(flat / 0.1, dim=-1) - math.log(flat.shape[-1]))
+    raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
+
+
+def pair_scores(
+    visual_map: torch.Tensor, audio_embedding: torch.Tensor, pooling: str
+) -> torch.Tensor:
+    """S[i, j] = pool(H(v_i, a_j)) for every frame i and audio j of the batch: [B, B]."""
+    all_pairs = torch.einsum("bdhw,nd->bnhw", visual_map, audio_embedding)
+    return pool_heatmap(all_pairs, pooling)
+
+
+class ClusterHead(nn.Module):
+    """MLP from a pooled trunk feature [B, C] to K cluster logits [B, K]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_clusters: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, num_clusters),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.mlp(features)
+
+
+class AVModel(nn.Module):
+    """Two towers, projections to a shared space, a temperature, and NH clustering heads per modality."""
+
+    def __init__(
+        self,
+        visual_arch: str = "resnet18",
+        visual_last_stage: str = "layer3",
+        audio_arch: str = "resnet18",
+        audio_last_stage: str = "layer4",
+        embed_dim: int = 128,
+        pooling: str = "max",
+        temperature: float = 0.07,
+        learn_temperature: bool = False,
+        num_clusters: int = 8,
+        num_heads: int = 1,
+        head_hidden_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
+        self.visual = VisualTower(visual_arch, visual_last_stage, embed_dim)
+        self.audio = AudioTower(audio_arch, audio_last_stage, embed_dim)
+        self.pooling = pooling
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        self.num_clusters = num_clusters
+        self.visual_heads = nn.ModuleList(
+            ClusterHead(self.visual.out_channels, head_hidden_dim, num_clusters)
+            for _ in range(num_heads)
+        )
+        self.audio_heads = nn.ModuleList(
+            ClusterHead(self.audio.out_channels, head_hidden_dim, num_clusters)
+            for _ in range(num_heads)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode) -> AVModel:
+        m = cfg.MODEL
+        return cls(
+            visual_arch=m.VISUAL.ARCH,
+            visual_last_stage=m.VISUAL.LAST_STAGE,
+            audio_arch=m.AUDIO.ARCH,
+            audio_last_stage=m.AUDIO.LAST_STAGE,
+            embed_dim=m.EMBED_DIM,
+            pooling=m.POOLING,
+            temperature=m.TEMPERATURE,
+            learn_temperature=m.LEARN_TEMPERATURE,
+            num_clusters=m.NUM_CLUSTERS,
+            num_heads=m.NUM_HEADS,
+            head_hidden_dim=m.HEAD_HIDDEN_DIM,
+        )
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def forward(self, frames: torch.Tensor, spectrograms: torch.Tensor) -> AVOutput:
+        """frames [B, 3, H, W], spectrograms [B, 1, F, T] -> AVOutput."""
+        visual_features, visual_map = self.visual(frames)
+        audio_features, audio_embedding = self.audio(spectrograms)
+        pooled_visual = visual_features.mean(dim=(2, 3))
+        return AVOutput(
+            visual_map=F.normalize(visual_map, dim=1),
+            audio_embedding=F.normalize(audio_embedding, dim=1),
+            visual_logits=[head(pooled_visual) for head in self.visual_heads],
+            audio_logits=[head(audio_features) for head in self.audio_heads],
+        )

@@ -16,6 +16,7 @@ from torch import nn
 
 from avdet.config import CfgNode
 from avdet.models.towers import AudioTower, VisualTower
+from avdet.models.weights import load_resnet_weights
 
 POOLINGS = ("max", "mean", "lse")
 
@@ -141,3 +142,11 @@ class AVModel(nn.Module):
             visual_logits=[head(pooled_visual) for head in self.visual_heads],
             audio_logits=[head(audio_features) for head in self.audio_heads],
         )
+
+
+def build_av_model(cfg: CfgNode) -> AVModel:
+    """The AV model of the config, its visual trunk initialised from MODEL.VISUAL.WEIGHTS if set."""
+    model = AVModel.from_config(cfg)
+    if cfg.MODEL.VISUAL.WEIGHTS:
+        load_resnet_weights(model.visual.trunk, cfg.MODEL.VISUAL.WEIGHTS)
+    return model

@@ -1,0 +1,64 @@
+"""Run a trained AV model over a clip dataset: heatmaps, pair scores and cluster ids per clip.
+
+Stage-1 evaluation, pseudo-boxes (stage 2) and clustering-only mode all consume this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from avdet.models.av_model import AVModel, heatmaps, pool_heatmap
+
+
+@dataclass
+class AVPredictions:
+    """Per clip, in dataset order: N clips, heatmaps of the visual map's size h x w."""
+
+    heatmaps: np.ndarray  # [N, h, w] float32 cosine similarities
+    scores: np.ndarray  # [N] pair score (pooled heatmap)
+    clusters: np.ndarray  # [N] int64, argmax of softmax(g_v) + softmax(g_a), head `head`
+    confidence: np.ndarray  # [N] mean of the two modalities' probabilities of that cluster
+    clip_ids: list[str]
+
+
+@torch.no_grad()
+def predict_av(
+    model: AVModel,
+    dataset: Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    head: int = 0,
+    progress: bool = True,
+) -> AVPredictions:
+    """Evaluate `model` (in eval mode) on every item of `dataset` (an AVClipDataset)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    maps, scores, clusters, confidence, clip_ids = [], [], [], [], []
+    for batch in tqdm(loader, desc="AV inference", disable=not progress, leave=False):
+        out = model(batch["frame"].to(device), batch["spectrogram"].to(device))
+        h = heatmaps(out.visual_map, out.audio_embedding).float()
+        maps.append(h.cpu())
+        scores.append(pool_heatmap(h, model.pooling).cpu())
+        probs = 0.5 * (
+            torch.softmax(out.visual_logits[head].float(), 1)
+            + torch.softmax(out.audio_logits[head].float(), 1)
+        )
+        conf, ids = probs.max(1)
+        clusters.append(ids.cpu())
+        confidence.append(conf.cpu())
+        clip_ids.extend(batch["clip_id"])
+    model.train(was_training)
+    return AVPredictions(
+        heatmaps=torch.cat(maps).numpy(),
+        scores=torch.cat(scores).numpy(),
+        clusters=torch.cat(clusters).numpy().astype(np.int64),
+        confidence=torch.cat(confidence).numpy(),
+        clip_ids=clip_ids,
+    )

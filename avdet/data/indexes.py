@@ -107,7 +107,9 @@ def index_video_folder(root: str | os.PathLike, label_from_parent: bool = True) 
     paths = sorted(
         path
         for path in root.rglob("*")
-        if path.suffix.lower() in VIDEO_EXTENSIONS and path.is_file()
+        if path.suffix.lower() in VIDEO_EXTENSIONS
+        and path.is_file()
+        and not path.name.startswith(".")
     )
     stems = [path.relative_to(root).with_suffix("").as_posix().replace("/", "__") for path in paths]
     repeated = {stem for stem, count in Counter(stems).items() if count > 1}

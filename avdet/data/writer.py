@@ -42,7 +42,8 @@ def write_av_clip(
             vstream.width, vstream.height = width + width % 2, height + height % 2
             vstream.pix_fmt = "yuv420p"
             if video_codec == "libx264":
-                vstream.options = {"crf": str(crf), "preset": "veryfast"}
+                # one encoder thread: x264 output then depends on the input alone (reproducible files)
+                vstream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
             if frame_times is not None:
                 vstream.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:

@@ -141,9 +141,10 @@ _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
 
 # ---------------------------------------------------------------------------------------------
 _C.SELFLABEL = CfgNode()
-# Sinkhorn-Knopp: P ** LAMBDA, solved in float64 until the marginal error < TOL or MAX_ITER.
+# Sinkhorn-Knopp: P ** LAMBDA, solved in float64 until the marginal error (the largest relative
+# deviation of a cluster's mass from its target) < TOL, or MAX_ITER passes.
 _C.SELFLABEL.LAMBDA = 20.0
-_C.SELFLABEL.TOL = 1e-1
+_C.SELFLABEL.TOL = 1e-2
 _C.SELFLABEL.MAX_ITER = 2000
 # Cluster marginal: "uniform" (equipartition) or "gaussian" (uniform perturbed by N(1, STD)).
 _C.SELFLABEL.MARGINAL = "uniform"
@@ -225,6 +226,27 @@ _C.DISTILL.TEACHER.WEIGHTS = ""
 _C.DISTILL.STUDENT = CfgNode()
 _C.DISTILL.STUDENT.ARCH = "resnet18"
 _C.DISTILL.NUM_CLASSES = 8
+
+# ---------------------------------------------------------------------------------------------
+# tools/run_pipeline.py: the whole method in one run. The pipeline config holds what the stages
+# share (DATASETS, SEED, DEVICE, DATALOADER, MODEL.NUM_CLUSTERS, PSEUDO, TEST.CIOU_* and
+# TEST.HEATMAP_SIZE), copied into each stage's config; the stages' own training settings live in
+# the stage configs named here (paths relative to the pipeline config's folder, or the current
+# one), and *_OPTS override them: e.g. PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
+_C.PIPELINE = CfgNode()
+_C.PIPELINE.AV_CONFIG = "configs/toy/av.yaml"
+_C.PIPELINE.DETECTOR_CONFIG = "configs/toy/detector.yaml"
+_C.PIPELINE.AV_OPTS = ()
+_C.PIPELINE.DETECTOR_OPTS = ()
+# Labelled images per class used to name the clusters (DATASETS.LABELS overrides with a file).
+_C.PIPELINE.LABELS_PER_CLASS = 1
+# Also report the named detector's mAP@0.5 with these many labels per class (0 = every train image).
+_C.PIPELINE.LABEL_SWEEP = (1, 2, 5)
+# Unmatched clusters: "drop" their detections, or keep them as "unknown".
+_C.PIPELINE.KEEP_UNMATCHED = "drop"
+# Detectors trained beside the self-supervised one, same settings: "supervised" (GT boxes and
+# classes), "gt_classes" (pseudo-boxes, GT classes), "agnostic" (pseudo-boxes, one class).
+_C.PIPELINE.BASELINES = ("supervised", "gt_classes", "agnostic")
 
 
 def get_cfg() -> CfgNode:

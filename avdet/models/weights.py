@@ -15,6 +15,8 @@ import re
 import torch
 from torch import nn
 
+from avdet.engine.checkpoint import CheckpointError, load_checkpoint
+
 logger = logging.getLogger(__name__)
 
 # Where avdet checkpoints keep a ResNet, most specific first ("" = torchvision naming at the top).
@@ -22,18 +24,16 @@ RESNET_PREFIXES = ("visual.trunk.", "backbone.body.", "student.", "")
 _RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 
 
-class WeightsError(RuntimeError):
-    """Weights cannot be loaded; the message names the file and the keys at fault."""
+class WeightsError(CheckpointError):
+    """Weights do not fit the model; the message names the file and the keys at fault."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model state dict in a checkpoint file (a bare state dict or {"model": state dict})."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: weights file not found") from None
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    """The model state dict in a checkpoint file (a bare state dict or {"model": state dict}).
+
+    Read with `load_checkpoint`: weights_only, and checked against its sha256 sidecar if any.
+    """
+    state = load_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
 
 from avdet.config import load_config
+from avdet.engine.checkpoint import CheckpointError
 from avdet.models.av_model import AVModel, build_av_model
 from avdet.models.weights import WeightsError, load_resnet_weights
 
@@ -49,12 +52,18 @@ def test_missing_stage_is_a_clear_error(tmp_path):
 
 
 def test_bad_files_name_the_file(tmp_path):
-    with pytest.raises(WeightsError, match="nope.pth: weights file not found"):
+    with pytest.raises(CheckpointError, match="nope.pth: checkpoint file not found"):
         load_resnet_weights(torchvision.models.resnet18(), tmp_path / "nope.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="junk.pth: cannot read weights"):
+    with pytest.raises(CheckpointError, match="junk.pth: cannot load with weights_only"):
         load_resnet_weights(torchvision.models.resnet18(), junk)
+    edited = tmp_path / "edited.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), edited)
+    record = {"file": "edited.pth", "sha256": "0" * 64, "size": edited.stat().st_size}
+    (tmp_path / "edited.pth.sha256").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="edited.pth: sha256"):
+        load_resnet_weights(torchvision.models.resnet18(), edited)
     other = tmp_path / "other.pth"
     torch.save({"linear.weight": torch.zeros(2, 2)}, other)
     with pytest.raises(WeightsError, match="other.pth: no ResNet weights found"):

@@ -1,0 +1,83 @@
+"""The clip dataset of stage 1: a prepared frame and the log-spectrogram of the audio around it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from avdet.config import CfgNode
+from avdet.data.audio import build_spectrogram
+from avdet.data.prepare import load_manifest, load_wav
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]; a clear error when it cannot be read."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f"{path}: cannot read image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def frame_to_tensor(rgb: np.ndarray, size: Sequence[int]) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> normalised float [3, size[0], size[1]] (ImageNet statistics)."""
+    resized = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    tensor = torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+class AVClipDataset(Dataset):
+    """Prepared clips of the given splits; item: index, clip_id, frame [3, H, W], spectrogram [1, F, T].
+
+    `train=True` adds the augmentations of stage 1 (horizontal flip, a random shift of the audio
+    window); evaluation and label recomputation use `train=False`, which is deterministic.
+    """
+
+    def __init__(
+        self, cfg: CfgNode, prepared_dir: str | Path, splits: Sequence[str], train: bool
+    ) -> None:
+        self.root = Path(prepared_dir)
+        wanted = set(splits)
+        self.records = [r for r in load_manifest(self.root) if not wanted or r["split"] in wanted]
+        if not self.records:
+            raise ValueError(f"{self.root}: no prepared clips in splits {sorted(wanted)}")
+        self.train = train
+        self.frame_size = tuple(cfg.INPUT.FRAME_SIZE)
+        self.flip = cfg.INPUT.RANDOM_FLIP and train
+        self.jitter = cfg.INPUT.AUDIO.TRAIN_JITTER if train else 0.0
+        self.seconds = cfg.INPUT.AUDIO.SECONDS
+        self.sample_rate = cfg.INPUT.AUDIO.SAMPLE_RATE
+        self.spectrogram = build_spectrogram(cfg)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        frame = frame_to_tensor(load_rgb(self.root / record["frame"]), self.frame_size)
+        centre = record["frame_time"]
+        if self.jitter:
+            centre += float(torch.empty(()).uniform_(-self.jitter, self.jitter))
+        wave = load_wav(
+            self.root / record["audio"],
+            self.sample_rate,
+            start=centre - self.seconds / 2,
+            duration=self.seconds,
+        )
+        if self.flip and torch.rand(()) < 0.5:
+            frame = frame.flip(-1)
+        return {
+            "index": index,
+            "clip_id": record["clip_id"],
+            "frame": frame,
+            "spectrogram": self.spectrogram(torch.from_numpy(wave)).unsqueeze(0),
+        }

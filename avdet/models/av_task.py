@@ -1,0 +1,145 @@
+"""TASK "av": stage 1 (contrastive localisation) and 1b (self-labelling), trained jointly.
+
+total = MODEL.LOSS_MIX * L_NC + (1 - MODEL.LOSS_MIX) * L_clust. L_NC contrasts every frame with
+every audio of the GLOBAL batch (embeddings are gathered across processes, with gradients), so
+N processes train exactly like one process with the same global batch. Evaluation (VGG-SS
+localisation, clustering) runs at the end and with --eval-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+from avdet.config import CfgNode
+from avdet.data.av_dataset import AVClipDataset
+from avdet.data.sources import DataSource, ensure_prepared, resolve_source
+from avdet.engine import comm
+from avdet.engine.checkpoint import Checkpointer, CheckpointError, load_weights
+from avdet.engine.tasks import register_task
+from avdet.engine.trainer import HookBase, Trainer
+from avdet.evaluation.av_eval import evaluate_av
+from avdet.models.av_model import AVModel, build_av_model, pair_scores
+from avdet.models.losses import clustering_loss, infonce
+from avdet.selflabel.labeller import SelfLabeller
+
+logger = logging.getLogger(__name__)
+
+
+class SelfLabelHook(HookBase):
+    """Recomputes pseudo-labels at the scheduled iterations; watches for collapse.
+
+    The labels live here (and so in every checkpoint), which makes --resume continue with them.
+    """
+
+    def __init__(self, labeller: SelfLabeller) -> None:
+        self.labeller = labeller
+        self._warned = False
+
+    def before_step(self, trainer: Trainer) -> None:
+        if not self.labeller.due(trainer.iter):
+            return
+        stats = self.labeller.update(trainer.model)
+        trainer.log_metrics(**stats, ln_k=math.log(self.labeller.num_clusters))
+        collapsed = stats["largest_cluster_share"] > 0.5 and self.labeller.num_clusters > 2
+        if collapsed and not self._warned:
+            logger.warning(
+                "self-labelling looks collapsed at iteration %d: %.0f%% of the clips in one "
+                "cluster, %d empty clusters (try a larger SELFLABEL.LAMBDA or a lower LR)",
+                trainer.iter, 100 * stats["largest_cluster_share"], stats["empty_clusters"],
+            )  # fmt: skip
+            self._warned = True
+
+    def state_dict(self) -> dict:
+        return self.labeller.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.labeller.load_state_dict(state)
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a tensor from every process along dim 0, keeping gradients (identity alone)."""
+    if comm.get_world_size() == 1:
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
+
+
+class AVLoss:
+    """loss_fn of the Trainer: weighted L_NC on the global batch plus L_clust on the pseudo-labels."""
+
+    def __init__(self, cfg: CfgNode, labeller: SelfLabeller, unwrapped: AVModel) -> None:
+        self.mix = cfg.MODEL.LOSS_MIX
+        self.labeller = labeller
+        self.model = unwrapped
+        self.ln_k = math.log(cfg.MODEL.NUM_CLUSTERS)
+
+    def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor | float]:
+        out = model(batch["frame"], batch["spectrogram"])
+        scores = pair_scores(
+            gather_with_grad(out.visual_map),
+            gather_with_grad(out.audio_embedding),
+            self.model.pooling,
+        )
+        l_nc = infonce(scores, self.model.temperature)
+        losses: dict[str, torch.Tensor | float] = {
+            "loss_nc": self.mix * l_nc,
+            "temperature": float(self.model.temperature.detach()),
+        }
+        if self.labeller.labels is not None and self.mix < 1:
+            labels = self.labeller.batch_labels(batch["index"]).to(l_nc.device)
+            l_clust = clustering_loss(out.visual_logits, out.audio_logits, labels)
+            losses["loss_clust"] = (1 - self.mix) * l_clust
+            losses["clust_over_ln_k"] = float(l_clust.detach()) / self.ln_k if self.ln_k else 0.0
+        return losses
+
+
+def load_av_model(cfg: CfgNode, weights: str | Path | None = None) -> AVModel:
+    """The AV model of the config with trained weights: `weights`, MODEL.WEIGHTS, or the last checkpoint."""
+    model = build_av_model(cfg)
+    path = weights or cfg.MODEL.WEIGHTS or Checkpointer(cfg.OUTPUT_DIR).get_checkpoint_file()
+    if not path:
+        raise CheckpointError(
+            f"no AV weights: set MODEL.WEIGHTS or train into {cfg.OUTPUT_DIR} first"
+        )
+    load_weights(model, path)
+    return model.to(comm.get_device(cfg.DEVICE))
+
+
+def prepare_data(cfg: CfgNode) -> DataSource:
+    """Generate/prepare the data on the main process while the others wait."""
+    if comm.is_main_process():
+        source = ensure_prepared(cfg)
+    comm.synchronize()
+    return source if comm.is_main_process() else resolve_source(cfg)
+
+
+@register_task("av")
+def run(cfg: CfgNode, args: argparse.Namespace) -> dict:
+    """Train (or with --eval-only evaluate) the AV model; returns the evaluation metrics."""
+    source = prepare_data(cfg)
+    if getattr(args, "eval_only", False):
+        model = load_av_model(cfg)
+        return evaluate_av(cfg, model, source, cfg.OUTPUT_DIR) if comm.is_main_process() else {}
+    model = build_av_model(cfg)
+    train_set = AVClipDataset(cfg, source.prepared_dir, cfg.DATASETS.TRAIN, train=True)
+    label_set = AVClipDataset(cfg, source.prepared_dir, cfg.DATASETS.TRAIN, train=False)
+    labeller = SelfLabeller(cfg, label_set, cfg.MODEL.NUM_HEADS, cfg.MODEL.NUM_CLUSTERS)
+    trainer = Trainer(
+        cfg,
+        model,
+        train_set,
+        AVLoss(cfg, labeller, model),
+        hooks=[SelfLabelHook(labeller)],
+        find_unused_parameters=cfg.SELFLABEL.START_ITER > 0,
+    )
+    logger.info("AV training on %d clips of %s", len(train_set), source.prepared_dir)
+    trainer.train(resume=getattr(args, "resume", False), stop_at=getattr(args, "stop_at", None))
+    if trainer.iter + 1 < cfg.SOLVER.MAX_ITER or not comm.is_main_process():
+        return {}
+    return evaluate_av(cfg, trainer.model, source, cfg.OUTPUT_DIR)

@@ -1,0 +1,96 @@
+"""Stage 1 end to end on the tiny toy set: train, self-label, checkpoint, resume, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from avdet.engine.defaults import default_setup
+from avdet.engine.tasks import get_task
+from avdet.utils.io import read_jsonl
+
+TINY_MODEL = [
+    "INPUT.FRAME_SIZE", "(64, 80)",
+    "INPUT.AUDIO.SECONDS", "1.0",
+    "INPUT.AUDIO.N_MELS", "32",
+    "MODEL.VISUAL.LAST_STAGE", "layer2",
+    "MODEL.AUDIO.LAST_STAGE", "layer2",
+    "MODEL.EMBED_DIM", "32",
+    "MODEL.HEAD_HIDDEN_DIM", "32",
+    "MODEL.NUM_CLUSTERS", "3",
+    "MODEL.NUM_HEADS", "2",
+    "SOLVER.IMS_PER_BATCH", "8",
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.LOG_PERIOD", "1",
+    "SOLVER.CHECKPOINT_PERIOD", "2",
+    "SELFLABEL.NUM_UPDATES", "2",
+    "TEST.NUM_VIS", "4",
+]  # fmt: skip
+
+
+def run_av(cfg, resume=False, eval_only=False, stop_at=None) -> dict:
+    """What tools/train_net.py does in one process: setup (logging, seed), then the task."""
+    args = argparse.Namespace(resume=resume, eval_only=eval_only, stop_at=stop_at)
+    default_setup(cfg, args)
+    return get_task("av")(cfg, args)
+
+
+def test_training_writes_results_checkpoints_and_label_health(toy_cfg, tmp_path):
+    cfg = toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL)
+    results = run_av(cfg)
+    saved = json.loads((tmp_path / "inference" / "av_results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    for key in (
+        "ciou50",
+        "auc",
+        "mean_ciou",
+        "ciou50_ceiling",
+        "pointing",
+        "nmi",
+        "ari",
+        "accuracy",
+    ):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["num_images"] == results["num_clips"] > 0
+    assert results["threshold_mode"] == "median"
+    assert (tmp_path / "inference" / "heatmaps.png").stat().st_size > 0
+    assert (tmp_path / "model_final.pth").exists() and (tmp_path / "config.yaml").exists()
+    metrics = read_jsonl(tmp_path / "metrics.json")
+    health = [m for m in metrics if "cluster_entropy" in m]
+    assert [m["iteration"] for m in health] == [0, 1]  # 2 updates in 4 iterations: 4 * (i / 2) ** 2
+    assert all(m["empty_clusters"] <= 3 and 0 < m["largest_cluster_share"] <= 1 for m in health)
+    losses = [m for m in metrics if "loss_nc" in m]
+    assert losses and all("loss_clust" in m for m in losses)
+    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    labels = state["hooks"]["SelfLabelHook"]["labels"]
+    assert labels.shape[0] == 2 and labels.dtype == torch.int64
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(toy_cfg, tmp_path):
+    straight = toy_cfg(tmp_path / "straight", "TASK", "av", *TINY_MODEL)
+    split = toy_cfg(tmp_path / "split", "TASK", "av", *TINY_MODEL)
+    run_av(straight)
+    run_av(split, stop_at=3)
+    assert not (tmp_path / "split" / "model_final.pth").exists()
+    run_av(split, resume=True)
+    a = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "model_final.pth", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    assert torch.equal(a["hooks"]["SelfLabelHook"]["labels"], b["hooks"]["SelfLabelHook"]["labels"])
+
+
+def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
+    cfg = toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL)
+    trained = run_av(cfg)
+    again = run_av(
+        toy_cfg(tmp_path / "eval", "TASK", "av", *TINY_MODEL,
+                "MODEL.WEIGHTS", str(tmp_path / "model_final.pth")),
+        eval_only=True,
+    )  # fmt: skip
+    for key in ("ciou50", "pointing", "nmi", "accuracy"):
+        assert again[key] == pytest.approx(trained[key]), key

@@ -11,11 +11,12 @@ import torch
 from torch.utils.data import Dataset
 
 from avdet.config import CfgNode
-from avdet.data.audio import build_spectrogram
 from avdet.data.prepare import load_manifest, load_wav
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
+_STD = np.array(IMAGENET_STD, dtype=np.float32)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -29,14 +30,16 @@ def load_rgb(path: str | Path) -> np.ndarray:
 def frame_to_tensor(rgb: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     """RGB uint8 [H, W, 3] -> normalised float [3, size[0], size[1]] (ImageNet statistics)."""
     resized = cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    tensor = torch.from_numpy(resized).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (tensor - mean) / std
+    normalised = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
 class AVClipDataset(Dataset):
-    """Prepared clips of the given splits; item: index, clip_id, frame [3, H, W], spectrogram [1, F, T].
+    """Prepared clips of the given splits; item: index, clip_id, frame [3, H, W], audio [T].
+
+    The audio is the waveform window around the frame (INPUT.AUDIO.SECONDS at SAMPLE_RATE); the
+    model turns a batch of them into spectrograms at once (on its device), which is much cheaper
+    than one spectrogram per item in the loader.
 
     `train=True` adds the augmentations of stage 1 (horizontal flip, a random shift of the audio
     window); evaluation and label recomputation use `train=False`, which is deterministic.
@@ -56,7 +59,6 @@ class AVClipDataset(Dataset):
         self.jitter = cfg.INPUT.AUDIO.TRAIN_JITTER if train else 0.0
         self.seconds = cfg.INPUT.AUDIO.SECONDS
         self.sample_rate = cfg.INPUT.AUDIO.SAMPLE_RATE
-        self.spectrogram = build_spectrogram(cfg)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,5 +81,5 @@ class AVClipDataset(Dataset):
             "index": index,
             "clip_id": record["clip_id"],
             "frame": frame,
-            "spectrogram": self.spectrogram(torch.from_numpy(wave)).unsqueeze(0),
+            "audio": torch.from_numpy(wave),
         }

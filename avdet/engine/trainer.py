@@ -3,7 +3,7 @@
 A stage gives a model, a map-style dataset and a loss function; the Trainer does the rest::
 
     def loss_fn(model, batch):                      # batch as collated, tensors on trainer.device
-        out = model(batch["frame"], batch["spectrogram"])
+        out = model(batch["frame"], batch["audio"])
         return {"loss_nc": ..., "loss_clust": ..., "temperature": ...}
 
     trainer = Trainer(cfg, model, dataset, loss_fn, hooks=[MyHook()])

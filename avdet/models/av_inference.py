@@ -42,7 +42,7 @@ def predict_av(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     maps, scores, clusters, confidence, clip_ids = [], [], [], [], []
     for batch in tqdm(loader, desc="AV inference", disable=not progress, leave=False):
-        out = model(batch["frame"].to(device), batch["spectrogram"].to(device))
+        out = model(batch["frame"].to(device), batch["audio"].to(device))
         h = heatmaps(out.visual_map, out.audio_embedding).float()
         maps.append(h.cpu())
         scores.append(pool_heatmap(h, model.pooling).cpu())

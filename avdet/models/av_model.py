@@ -8,6 +8,7 @@ give K logits per head from the pooled trunk features of each modality.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avdet.config import CfgNode
+from avdet.data.audio import build_spectrogram
 from avdet.models.towers import AudioTower, VisualTower
 from avdet.models.weights import load_resnet_weights
 
@@ -88,8 +90,10 @@ class AVModel(nn.Module):
         num_clusters: int = 8,
         num_heads: int = 1,
         head_hidden_dim: int = 512,
+        spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        self.spectrogram = spectrogram
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
         self.visual = VisualTower(visual_arch, visual_last_stage, embed_dim)
@@ -125,14 +129,26 @@ class AVModel(nn.Module):
             num_clusters=m.NUM_CLUSTERS,
             num_heads=m.NUM_HEADS,
             head_hidden_dim=m.HEAD_HIDDEN_DIM,
+            spectrogram=build_spectrogram(cfg),
         )
 
     @property
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, frames: torch.Tensor, spectrograms: torch.Tensor) -> AVOutput:
-        """frames [B, 3, H, W], spectrograms [B, 1, F, T] -> AVOutput."""
+    def audio_input(self, audio: torch.Tensor) -> torch.Tensor:
+        """Waveforms [B, T] -> spectrograms [B, 1, F, T'] (float32, outside autocast); a
+        spectrogram batch [B, 1, F, T'] passes through."""
+        if audio.ndim == 4:
+            return audio
+        if self.spectrogram is None:
+            raise ValueError("this model has no spectrogram front end: pass [B, 1, F, T] inputs")
+        with torch.autocast(audio.device.type, enabled=False):
+            return self.spectrogram(audio.float()).unsqueeze(1)
+
+    def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> AVOutput:
+        """frames [B, 3, H, W], audio [B, T] waveforms (or [B, 1, F, T] spectrograms) -> AVOutput."""
+        spectrograms = self.audio_input(audio)
         visual_features, visual_map = self.visual(frames)
         audio_features, audio_embedding = self.audio(spectrograms)
         pooled_visual = visual_features.mean(dim=(2, 3))

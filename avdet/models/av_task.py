@@ -80,7 +80,7 @@ class AVLoss:
         self.ln_k = math.log(cfg.MODEL.NUM_CLUSTERS)
 
     def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor | float]:
-        out = model(batch["frame"], batch["spectrogram"])
+        out = model(batch["frame"], batch["audio"])
         scores = pair_scores(
             gather_with_grad(out.visual_map),
             gather_with_grad(out.audio_embedding),

@@ -35,7 +35,7 @@ def cluster_probabilities(
     )
     chunks = []
     for batch in loader:
-        out = model(batch["frame"].to(device), batch["spectrogram"].to(device))
+        out = model(batch["frame"].to(device), batch["audio"].to(device))
         per_head = [
             torch.softmax(v.float(), 1) * torch.softmax(a.float(), 1)
             for v, a in zip(out.visual_logits, out.audio_logits, strict=True)

@@ -238,6 +238,9 @@ _C.PIPELINE.AV_CONFIG = "configs/toy/av.yaml"
 _C.PIPELINE.DETECTOR_CONFIG = "configs/toy/detector.yaml"
 _C.PIPELINE.AV_OPTS = ()
 _C.PIPELINE.DETECTOR_OPTS = ()
+# Initialise every detector's backbone (ours and the baselines alike) from the stage-1 visual
+# tower: self-supervised pretraining, no labels involved.
+_C.PIPELINE.BACKBONE_FROM_AV = True
 # Labelled images per class used to name the clusters (DATASETS.LABELS overrides with a file).
 _C.PIPELINE.LABELS_PER_CLASS = 1
 # Also report the named detector's mAP@0.5 with these many labels per class (0 = every train image).

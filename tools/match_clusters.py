@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Stage 4: name the detector's clusters from a handful of labelled images (Hungarian matching).
+
+    python tools/match_clusters.py --detections D.json --labels L.json --output mapping.json \
+        [--results R.json] [--keep-unmatched {drop,unknown}] [--iou 0.5]
+
+D.json: the detector's COCO results on the labelled images (image ids of L.json, category ids
+= clusters). L.json: COCO ground truth of those images with real categories (as few as one image
+per class). Writes the mapping (cluster -> class, with the votes) and, for R.json (default
+D.json), the relabelled results with the real category ids next to it (<output>_results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from avdet.data.coco import load_coco
+from avdet.matching.hungarian import (
+    UNKNOWN,
+    agreement_matrix,
+    match_clusters,
+    relabel_detections,
+    save_mapping,
+)
+from avdet.utils.io import atomic_write_json
+
+
+def load_results(path: Path) -> list[dict]:
+    """A COCO results file: a JSON list of {image_id, category_id, bbox, score}."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read detections ({exc})") from None
+    if not isinstance(results, list) or not all(
+        isinstance(d, dict) and {"image_id", "category_id", "bbox", "score"} <= d.keys()
+        for d in results
+    ):
+        raise SystemExit(f"{path}: not a COCO results list of image_id/category_id/bbox/score")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--detections", required=True, type=Path)
+    parser.add_argument("--labels", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--results", type=Path, help="results to relabel (default: --detections)")
+    parser.add_argument("--keep-unmatched", choices=("drop", UNKNOWN), default="drop")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to vote")
+    args = parser.parse_args(argv)
+
+    labels = load_coco(args.labels)
+    if not labels["annotations"]:
+        raise SystemExit(f"{args.labels}: no labelled boxes")
+    detections = load_results(args.detections)
+    results = load_results(args.results) if args.results else detections
+    clusters = sorted({int(d["category_id"]) for d in detections + results})
+    agreement = agreement_matrix(detections, labels, args.iou, cluster_ids=clusters)
+    if agreement.matrix.sum() == 0:
+        raise SystemExit(
+            f"{args.detections}: no detection overlaps a labelled box of {args.labels} "
+            f"(IoU >= {args.iou}); are the image ids the same?"
+        )
+    mapping = match_clusters(agreement.matrix, clusters, agreement.class_ids, args.keep_unmatched)
+    class_names = {c["id"]: c["name"] for c in labels["categories"]}
+    unknown_id = max(class_names) + 1 if args.keep_unmatched == UNKNOWN else None
+    relabelled = relabel_detections(results, mapping, unknown_category_id=unknown_id)
+    save_mapping(args.output, mapping, agreement, class_names)
+    results_path = args.output.with_name(args.output.stem + "_results.json")
+    atomic_write_json(results_path, relabelled)
+    named = sum(isinstance(v, int) for v in mapping.values())
+    summary = {
+        "mapping": str(args.output),
+        "relabelled_results": str(results_path),
+        "clusters": len(clusters),
+        "named_clusters": named,
+        "votes": int(agreement.matrix.sum()),
+        "ignored_detections": agreement.num_ignored_detections,
+    }
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

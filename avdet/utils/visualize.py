@@ -34,7 +34,16 @@ def draw_boxes(
         x0, y0, x1, y1 = (round(float(v)) for v in box)
         cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
         if i < len(labels) and labels[i]:
-            cv2.putText(out, labels[i], (x0 + 2, max(y0 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1, cv2.LINE_AA)
+            cv2.putText(
+                out,
+                labels[i],
+                (x0 + 2, max(y0 - 3, 10)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                color,
+                1,
+                cv2.LINE_AA,
+            )
     return out
 
 
@@ -55,7 +64,9 @@ def overlay_heatmap(rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) ->
     return cv2.addWeighted(rgb, 1 - alpha, colored, alpha, 0)
 
 
-def image_grid(tiles: Sequence[np.ndarray], columns: int, tile_size: tuple[int, int], pad: int = 4) -> np.ndarray:
+def image_grid(
+    tiles: Sequence[np.ndarray], columns: int, tile_size: tuple[int, int], pad: int = 4
+) -> np.ndarray:
     """Tiles (RGB uint8, any sizes) resized to tile_size (h, w) on a white grid."""
     rows = max(1, -(-len(tiles) // columns))
     h, w = tile_size
@@ -80,3 +91,14 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     atomic_write_bytes(path, buffer.tobytes())
+
+
+def draw_detections(
+    rgb: np.ndarray, detections: Sequence[dict], names: dict[int, str], min_score: float = 0.5
+) -> np.ndarray:
+    """COCO-result boxes (xywh) above `min_score` drawn with "name score" labels, colour per class."""
+    kept = [d for d in detections if d["score"] >= min_score]
+    boxes = [(x, y, x + w, y + h) for x, y, w, h in (d["bbox"] for d in kept)]
+    labels = [f"{names.get(d['category_id'], d['category_id'])} {d['score']:.2f}" for d in kept]
+    colors = [color_for(int(d["category_id"])) for d in kept]
+    return draw_boxes(rgb, boxes, labels, colors)

@@ -79,7 +79,7 @@ def _results(stdout: str) -> dict:
 
 def test_train_resume_and_eval_end_to_end(tmp_path, train_net, capsys):
     config = tmp_path / "toy.yaml"
-    config.write_text(toy_cfg("unused").dump())
+    config.write_text(toy_cfg(tmp_path / "eval").dump())  # --eval-only below writes its logs here
     out = tmp_path / "run"
     trained = _results(_run("--config-file", str(config), "OUTPUT_DIR", str(out)).stdout)
     names = {p.name for p in out.iterdir()}

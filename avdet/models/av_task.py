@@ -38,23 +38,36 @@ class SelfLabelHook(HookBase):
     The labels live here (and so in every checkpoint), which makes --resume continue with them.
     """
 
-    def __init__(self, labeller: SelfLabeller) -> None:
+    def __init__(self, labeller: SelfLabeller, loss: AVLoss) -> None:
         self.labeller = labeller
-        self._warned = False
+        self.loss = loss
+        self._warned: set[str] = set()
 
     def before_step(self, trainer: Trainer) -> None:
         if not self.labeller.due(trainer.iter):
             return
+        stuck = self.loss.last_clust_over_ln_k
         stats = self.labeller.update(trainer.model)
         trainer.log_metrics(**stats, ln_k=math.log(self.labeller.num_clusters))
-        collapsed = stats["largest_cluster_share"] > 0.5 and self.labeller.num_clusters > 2
-        if collapsed and not self._warned:
-            logger.warning(
-                "self-labelling looks collapsed at iteration %d: %.0f%% of the clips in one "
-                "cluster, %d empty clusters (try a larger SELFLABEL.LAMBDA or a lower LR)",
-                trainer.iter, 100 * stats["largest_cluster_share"], stats["empty_clusters"],
-            )  # fmt: skip
-            self._warned = True
+        if stats["largest_cluster_share"] > 0.5 and self.labeller.num_clusters > 2:
+            self._warn_once(
+                "collapse",
+                f"self-labelling looks collapsed at iteration {trainer.iter}: "
+                f"{100 * stats['largest_cluster_share']:.0f}% of the clips in one cluster, "
+                f"{stats['empty_clusters']} empty clusters (try a larger SELFLABEL.LAMBDA or a lower LR)",
+            )
+        if stuck is not None and stuck > 0.95:
+            self._warn_once(
+                "stuck",
+                f"L_clust is {stuck:.2f} x ln K before the labels of iteration {trainer.iter}: the "
+                "heads predict the pseudo-labels no better than chance (features without "
+                "structure yet, or labels that change too often)",
+            )
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            logger.warning(message)
+            self._warned.add(kind)
 
     def state_dict(self) -> dict:
         return self.labeller.state_dict()
@@ -78,6 +91,7 @@ class AVLoss:
         self.labeller = labeller
         self.model = unwrapped
         self.ln_k = math.log(cfg.MODEL.NUM_CLUSTERS)
+        self.last_clust_over_ln_k: float | None = None  # read by SelfLabelHook
 
     def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor | float]:
         out = model(batch["frame"], batch["audio"])
@@ -95,7 +109,8 @@ class AVLoss:
             labels = self.labeller.batch_labels(batch["index"]).to(l_nc.device)
             l_clust = clustering_loss(out.visual_logits, out.audio_logits, labels)
             losses["loss_clust"] = (1 - self.mix) * l_clust
-            losses["clust_over_ln_k"] = float(l_clust.detach()) / self.ln_k if self.ln_k else 0.0
+            self.last_clust_over_ln_k = float(l_clust.detach()) / self.ln_k if self.ln_k else 0.0
+            losses["clust_over_ln_k"] = self.last_clust_over_ln_k
         return losses
 
 
@@ -130,12 +145,13 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> dict:
     train_set = AVClipDataset(cfg, source.prepared_dir, cfg.DATASETS.TRAIN, train=True)
     label_set = AVClipDataset(cfg, source.prepared_dir, cfg.DATASETS.TRAIN, train=False)
     labeller = SelfLabeller(cfg, label_set, cfg.MODEL.NUM_HEADS, cfg.MODEL.NUM_CLUSTERS)
+    loss = AVLoss(cfg, labeller, model)
     trainer = Trainer(
         cfg,
         model,
         train_set,
-        AVLoss(cfg, labeller, model),
-        hooks=[SelfLabelHook(labeller)],
+        loss,
+        hooks=[SelfLabelHook(labeller, loss)],
         find_unused_parameters=cfg.SELFLABEL.START_ITER > 0,
     )
     logger.info("AV training on %d clips of %s", len(train_set), source.prepared_dir)

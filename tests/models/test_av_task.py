@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,82 @@ def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
     )  # fmt: skip
     for key in ("ciou50", "pointing", "nmi", "accuracy"):
         assert again[key] == pytest.approx(trained[key]), key
+
+
+class _StubLabeller:
+    num_clusters = 8
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+
+    def due(self, iteration: int) -> bool:
+        return True
+
+    def update(self, model) -> dict:
+        return {
+            "cluster_entropy": 0.1,
+            "cluster_entropy_frac": 0.05,
+            "largest_cluster_share": self.share,
+            "empty_clusters": 6,
+        }
+
+
+class _StubTrainer:
+    iter = 7
+    model = None
+
+    def __init__(self) -> None:
+        self.logged: list[dict] = []
+
+    def log_metrics(self, **scalars) -> None:
+        self.logged.append(scalars)
+
+
+def test_label_health_warns_once_on_collapse_and_on_a_stuck_clustering_loss(caplog):
+    from avdet.models.av_task import SelfLabelHook
+
+    loss = argparse.Namespace(last_clust_over_ln_k=0.99)
+    hook = SelfLabelHook(_StubLabeller(share=0.9), loss)
+    trainer = _StubTrainer()
+    with caplog.at_level("WARNING", logger="avdet.models.av_task"):
+        hook.before_step(trainer)
+        hook.before_step(trainer)
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        sum("collapsed at iteration 7: 90% of the clips in one cluster" in m for m in messages) == 1
+    )
+    assert sum("L_clust is 0.99 x ln K" in m for m in messages) == 1
+    assert trainer.logged[0]["largest_cluster_share"] == 0.9 and "ln_k" in trainer.logged[0]
+    healthy = SelfLabelHook(_StubLabeller(share=0.2), argparse.Namespace(last_clust_over_ln_k=0.4))
+    caplog.clear()
+    healthy.before_step(trainer)
+    assert not caplog.records
+
+
+def test_cluster_clips_tool_labels_unseen_clips(toy_cfg, toy_root, tmp_path):
+    import runpy
+
+    cfg = toy_cfg(
+        tmp_path / "av", "TASK", "av", *TINY_MODEL, "SOLVER.MAX_ITER", "2", "TEST.NUM_VIS", "0"
+    )
+    run_av(cfg)
+    videos = tmp_path / "new_clips"
+    for i, source in enumerate(sorted((toy_root / "video").glob("*.mp4"))[:3]):
+        (videos / "sub").mkdir(parents=True, exist_ok=True)
+        (videos / "sub" / f"clip{i}.mp4").write_bytes(source.read_bytes())
+    (videos / "broken.mp4").write_text("no video")
+    tool = Path(__file__).resolve().parents[2] / "tools" / "cluster_clips.py"
+    main = runpy.run_path(str(tool), run_name="not_main")["main"]
+    config = tmp_path / "av" / "config.yaml"
+    out = tmp_path / "clusters"
+    csv_path = main(["--config-file", str(config), "--input", str(videos), "--output", str(out),
+                     "MODEL.WEIGHTS", str(tmp_path / "av" / "model_final.pth"), "DATALOADER.PREPARE_WORKERS", "1"])  # fmt: skip
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "file,cluster,confidence" and len(rows) == 4  # the broken file is skipped
+    clusters = {int(r.split(",")[1]) for r in rows[1:]}
+    assert clusters <= {0, 1, 2}
+    assert all(0 < float(r.split(",")[2]) <= 1 for r in rows[1:])
+    assert {p.name for p in (out / "contact_sheets").iterdir()} == {
+        f"cluster_{c}.png" for c in clusters
+    }
+    assert "broken" in (out / "prepared" / "failures.jsonl").read_text()

@@ -64,7 +64,8 @@ _C.DATASETS.TRAIN = ("train",)
 _C.DATASETS.TEST = ("test",)
 # Optional few-label file for naming clusters (COCO JSON); "" = one train image per class.
 _C.DATASETS.LABELS = ""
-# Detector data: any COCO JSON plus the folder its file_names are relative to.
+# Detector data: any COCO JSON plus the folder its file_names are relative to (for TASK distill,
+# IMAGE_DIR is the labelled test set: an image folder per class or CIFAR pickles).
 _C.DATASETS.TRAIN_JSON = ""
 _C.DATASETS.TEST_JSON = ""
 _C.DATASETS.IMAGE_DIR = ""
@@ -223,9 +224,16 @@ _C.DISTILL.MIXUP_ALPHA = 0.0
 _C.DISTILL.TEACHER = CfgNode()
 _C.DISTILL.TEACHER.ARCH = "resnet18"
 _C.DISTILL.TEACHER.WEIGHTS = ""
+# Iterations to train the teacher when TEACHER.WEIGHTS is empty (0 = SOLVER.MAX_ITER).
+_C.DISTILL.TEACHER.MAX_ITER = 0
 _C.DISTILL.STUDENT = CfgNode()
 _C.DISTILL.STUDENT.ARCH = "resnet18"
 _C.DISTILL.NUM_CLASSES = 8
+# Also distil from random-noise images and from one flat-colour image (the paper's controls).
+_C.DISTILL.CONTROLS = True
+# Compress the teacher with patches as the only data: any of "prune", "int8".
+_C.DISTILL.COMPRESS = ()
+_C.DISTILL.PRUNE_AMOUNT = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # tools/run_pipeline.py: the whole method in one run. The pipeline config holds what the stages

@@ -155,7 +155,8 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> dict:
         find_unused_parameters=cfg.SELFLABEL.START_ITER > 0,
     )
     logger.info("AV training on %d clips of %s", len(train_set), source.prepared_dir)
-    trainer.train(resume=getattr(args, "resume", False), stop_at=getattr(args, "stop_at", None))
-    if trainer.iter + 1 < cfg.SOLVER.MAX_ITER or not comm.is_main_process():
+    stop_at = getattr(args, "stop_at", None)
+    trainer.train(resume=getattr(args, "resume", False), stop_at=stop_at)
+    if (stop_at is not None and stop_at < cfg.SOLVER.MAX_ITER) or not comm.is_main_process():
         return {}
     return evaluate_av(cfg, trainer.model, source, cfg.OUTPUT_DIR)

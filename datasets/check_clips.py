@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 
 from avdet.data import hygiene
-from avdet.data.indexes import index_video_folder, read_vggsound_csv
+from avdet.data.indexes import load_clip_records
 from avdet.data.prepare import failure_kind
 
 
@@ -91,11 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    problems: list[dict] = []
-    if args.csv:
-        records, problems = read_vggsound_csv(args.csv, args.videos)
-    else:
-        records = index_video_folder(args.folder)
+    records, problems = load_clip_records(args.csv, args.videos, args.folder)
     report = hygiene.check_clips(
         records,
         args.output,

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections import Counter
 
-from avdet.data.indexes import index_video_folder, read_vggsound_csv
+from avdet.data.indexes import load_clip_records
 from avdet.data.prepare import failure_kind, prepare_clips, read_exclude_report
 
 
@@ -62,11 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    problems: list[dict] = []
-    if args.csv:
-        records, problems = read_vggsound_csv(args.csv, args.videos, args.splits)
-    else:
-        records = index_video_folder(args.folder)
+    records, problems = load_clip_records(args.csv, args.videos, args.folder, args.splits)
     exclude = read_exclude_report(args.exclude) if args.exclude else set()
     summary = prepare_clips(
         records,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from avdet.config import load_config
 from avdet.data.av_dataset import AVClipDataset, load_rgb
-from avdet.data.indexes import index_video_folder, read_vggsound_csv
+from avdet.data.indexes import load_clip_records
 from avdet.data.prepare import prepare_clips
 from avdet.engine.defaults import default_setup
 from avdet.models.av_inference import predict_av
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = load_config(args.config_file, [*args.opts, "OUTPUT_DIR", str(args.output)])
     default_setup(cfg)
     if args.input.is_dir():
-        records = index_video_folder(args.input)
+        records, _ = load_clip_records(folder=args.input)
     else:
-        records, _ = read_vggsound_csv(args.input, args.videos or args.input.parent / "video")
+        records, _ = load_clip_records(args.input, args.videos or args.input.parent / "video")
     prepared = args.output / "prepared"
     prepare_clips(
         records,

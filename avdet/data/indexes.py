@@ -124,3 +124,21 @@ def index_video_folder(root: str | os.PathLike, label_from_parent: bool = True) 
 
 def _bad_row(csv_path: Path, line: int, reason: str) -> dict:
     return {"path": f"{csv_path}:{line}", "reason": f"bad row: {reason}"}
+
+
+def load_clip_records(
+    csv_path: str | os.PathLike | None = None,
+    video_dir: str | os.PathLike | None = None,
+    folder: str | os.PathLike | None = None,
+    splits: Iterable[str] | None = None,
+) -> tuple[list[ClipRecord], list[dict]]:
+    """The clips of a VGGSound CSV (with its video folder) or of any folder of videos.
+
+    The command-line tools' one entry point; returns (records, problems), problems being the
+    CSV rows left out (always empty for a folder).
+    """
+    if csv_path:
+        return read_vggsound_csv(csv_path, video_dir, splits)
+    if folder:
+        return index_video_folder(folder), []
+    raise ValueError("give a CSV (with its video folder) or a folder of videos")

@@ -70,3 +70,14 @@ def test_index_video_folder(tmp_path):
     assert {r.label for r in index_video_folder(root, label_from_parent=False)} == {""}
     with pytest.raises(NotADirectoryError, match="nowhere"):
         index_video_folder(tmp_path / "nowhere")
+
+
+def test_load_clip_records_needs_a_csv_or_a_folder(tmp_path):
+    from avdet.data.indexes import load_clip_records
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.mp4").write_bytes(b"")
+    records, problems = load_clip_records(folder=tmp_path)
+    assert [r.clip_id for r in records] == ["a__x"] and problems == []
+    with pytest.raises(ValueError, match="give a CSV"):
+        load_clip_records()

@@ -183,16 +183,16 @@ class Pipeline:
             paths[role] = save_coco(
                 self.out / "gt" / f"instances_{role}.json", frames_coco(merged, manifest)
             )
-        labels_file = self.cfg.DATASETS.LABELS
-        labels = load_coco(labels_file) if labels_file else load_coco(paths["train"])
-        if labels_file:
-            labels = frames_coco(labels, manifest)
-        for k in sorted({self.cfg.PIPELINE.LABELS_PER_CLASS, *self.cfg.PIPELINE.LABEL_SWEEP}):
-            subset = (
-                labels
-                if labels_file and k == self.cfg.PIPELINE.LABELS_PER_CLASS
-                else (sample_labelled_images(load_coco(paths["train"]), k, seed=self.cfg.SEED))
-            )
+        # The few labels: DATASETS.LABELS (keyed by video file name) for the main count;
+        # otherwise, and for the sweep, k train images per class drawn with the seed.
+        own = self.cfg.DATASETS.LABELS
+        main_k = self.cfg.PIPELINE.LABELS_PER_CLASS
+        train_gt = load_coco(paths["train"])
+        for k in sorted({main_k, *self.cfg.PIPELINE.LABEL_SWEEP}):
+            if own and k == main_k:
+                subset = frames_coco(load_coco(own), manifest)
+            else:
+                subset = sample_labelled_images(train_gt, k, seed=self.cfg.SEED)
             paths[f"labels_{k}"] = save_coco(self.out / "gt" / f"labels_{k}.json", subset)
         return paths
 

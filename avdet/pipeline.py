@@ -26,7 +26,7 @@ from avdet.config import CfgNode, load_config
 from avdet.data.av_dataset import load_rgb
 from avdet.data.coco import load_coco, save_coco
 from avdet.data.prepare import load_manifest
-from avdet.data.sources import DataSource, ensure_prepared
+from avdet.data.sources import DataSource, ensure_prepared, resolve_source
 from avdet.detection.dataset import CocoDetectionDataset
 from avdet.detection.inference import run_detector_inference
 from avdet.detection.task import detector_categories, load_detector
@@ -129,7 +129,11 @@ class Pipeline:
     """Runs the stages of one pipeline config; `run()` returns report.json's content."""
 
     def __init__(self, cfg: CfgNode, config_file: str | Path) -> None:
-        self.cfg = cfg
+        # Pin the prepared folder: its default follows OUTPUT_DIR, which differs per stage.
+        prepared = str(resolve_source(cfg).prepared_dir)
+        self.cfg = (
+            cfg.clone().defrost().merge_from_list(["DATASETS.PREPARED_DIR", prepared]).freeze()
+        )
         self.out = Path(cfg.OUTPUT_DIR)
         self.base_dir = Path(config_file).resolve().parent if config_file else Path.cwd()
         self.report: dict = {}

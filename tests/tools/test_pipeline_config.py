@@ -31,9 +31,10 @@ def test_stages_share_data_keys_and_the_prepared_folder(tmp_path):
     assert av.TASK == "av" and det.TASK == "detector"  # from the stage configs
     assert av.MODEL.NUM_CLUSTERS == 39 and av.SEED == det.SEED == 5 and av.PSEUDO.BETA == 0.7
     assert av.SOLVER.MAX_ITER == 12 and det.SOLVER.BASE_LR == 0.001
-    assert str(tmp_path / "run" / "av") == av.OUTPUT_DIR and str(
-        tmp_path / "run" / "detector"
-    ) == det.OUTPUT_DIR
+    assert (
+        str(tmp_path / "run" / "av") == av.OUTPUT_DIR
+        and str(tmp_path / "run" / "detector") == det.OUTPUT_DIR
+    )
     prepared = str(tmp_path / "run" / "prepared")
     assert av.DATASETS.PREPARED_DIR == det.DATASETS.PREPARED_DIR == prepared
     assert det.DATASETS.TRAIN_JSON == "p.json" and det.DATASETS.CSV == "/data/vggsound.csv"

@@ -7,7 +7,7 @@ distilled student) do not justify freezing. Stages frozen by MODEL.BACKBONE.TRAI
 (honoured only with MODEL.BACKBONE.WEIGHTS, as in torchvision) get FrozenBatchNorm2d, so their
 statistics stay those of the checkpoint (detectron2's FREEZE_AT does the same).
 
-ResNet backbones load MODEL.BACKBONE.WEIGHTS through `load_resnet_weights` into
+ResNet backbones load MODEL.BACKBONE.WEIGHTS through `load_resnet_state` into
 `model.backbone.body`: a torchvision state dict, a stage-1 AV checkpoint (`visual.trunk.`), a
 detector (`backbone.body.`) or a distilled student. A stage-1 trunk usually ends at layer3; the
 stages a checkpoint lacks keep their random init, with a warning.
@@ -32,13 +32,8 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from avdet.config import CfgNode, ConfigError
-from avdet.engine.checkpoint import load_model_state
-from avdet.models.weights import (
-    WeightsError,
-    extract_resnet_state,
-    load_resnet_weights,
-    read_state_dict,
-)
+from avdet.engine.checkpoint import load_model_state, read_model_state
+from avdet.models.weights import WeightsError, extract_resnet_state, load_resnet_state
 from avdet.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -191,15 +186,16 @@ def build_detector(
 
 def _load_backbone(body: nn.Module, name: str, path: str | os.PathLike) -> None:
     """Initialise the backbone body from `path` (see the module docstring for the formats)."""
+    state = read_model_state(path)
     if not name.startswith("resnet"):
-        state = read_state_dict(path)
         for prefix in ("backbone.body.", "features."):
             found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if found:
                 load_model_state(body, found, source=str(path))
                 return
         raise WeightsError(f"{path}: no {name} weights (keys under backbone.body. or features.)")
-    have = {key.split(".")[0] for key in extract_resnet_state(read_state_dict(path), str(path))}
+    weights = extract_resnet_state(state, str(path))
+    have = {key.split(".")[0] for key in weights}
     present = [s for s in _RESNET_STAGES if s in have]
     if present != list(_RESNET_STAGES[: len(present)]) or not present:
         raise WeightsError(
@@ -210,7 +206,7 @@ def _load_backbone(body: nn.Module, name: str, path: str | os.PathLike) -> None:
         target.add_module(stage, getattr(body, stage))
         if stage == "conv1":
             target.add_module("bn1", body.bn1)
-    load_resnet_weights(target, path)
+    load_resnet_state(target, weights, str(path))
     absent = _RESNET_STAGES[len(present) :]
     if absent:
         logger.warning(

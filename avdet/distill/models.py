@@ -18,8 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from avdet.engine.checkpoint import load_model_state
-from avdet.models.weights import read_state_dict
+from avdet.engine.checkpoint import load_model_state, read_model_state
 from avdet.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -102,7 +101,7 @@ def load_classifier(arch: str, num_classes: int, path: str | os.PathLike) -> nn.
     """`build_classifier` with every tensor loaded from `path` (a state dict, or a checkpoint
     holding {"model": state dict}); a missing, extra or mis-shaped key is an error naming it."""
     model = build_classifier(arch, num_classes)
-    load_model_state(model, read_state_dict(path), source=str(path))
+    load_model_state(model, read_model_state(path), source=str(path))
     logger.info("loaded %s (%d classes) from %s", arch, num_classes, path)
     return model
 

@@ -165,14 +165,20 @@ def load_model_state(
     return LoadResult(missing, unexpected, mismatch)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
-    """Load model weights from a trainer checkpoint (its "model" entry) or a bare state dict."""
+def read_model_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights in `path`: a trainer checkpoint's "model" entry or a bare state dict,
+    verified like any checkpoint, with a DistributedDataParallel "module." prefix removed."""
     state = load_checkpoint(path)
     if isinstance(state.get("model"), dict):
         state = state["model"]
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: neither a checkpoint with a 'model' entry nor a state dict")
-    return load_model_state(model, state, source=str(path), strict=strict)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
+    """Load model weights from a trainer checkpoint (its "model" entry) or a bare state dict."""
+    return load_model_state(model, read_model_state(path), source=str(path), strict=strict)
 
 
 class Checkpointer:

@@ -15,7 +15,7 @@ import re
 import torch
 from torch import nn
 
-from avdet.engine.checkpoint import CheckpointError, load_checkpoint
+from avdet.engine.checkpoint import CheckpointError, read_model_state
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +26,6 @@ _RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 
 class WeightsError(CheckpointError):
     """Weights do not fit the model; the message names the file and the keys at fault."""
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model state dict in a checkpoint file (a bare state dict or {"model": state dict}).
-
-    Read with `load_checkpoint`: weights_only, and checked against its sha256 sidecar if any.
-    """
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def extract_resnet_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -57,12 +44,16 @@ def extract_resnet_state(state: dict[str, torch.Tensor], source: str) -> dict[st
 
 
 def load_resnet_weights(target: nn.Module, path: str | os.PathLike) -> None:
-    """Load the ResNet in checkpoint `path` into `target` (a module with torchvision ResNet names).
+    """Load the ResNet in checkpoint `path` into `target` (a module with torchvision ResNet names)."""
+    load_resnet_state(target, extract_resnet_state(read_model_state(path), str(path)), str(path))
+
+
+def load_resnet_state(target: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load torchvision-named ResNet tensors (from `extract_resnet_state`) into `target`.
 
     Every parameter of `target` must be found with the right shape; tensors the target lacks
     (e.g. a classifier's `fc`, or stages past the trunk's last one) are ignored and logged.
     """
-    weights = extract_resnet_state(read_state_dict(path), str(path))
     own = target.state_dict()
     missing = [k for k in own if k not in weights]
     mismatched = [
@@ -72,10 +63,10 @@ def load_resnet_weights(target: nn.Module, path: str | os.PathLike) -> None:
     ]
     if missing or mismatched:
         raise WeightsError(
-            f"{path}: cannot initialise {type(target).__name__}: "
+            f"{source}: cannot initialise {type(target).__name__}: "
             f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}; "
             f"shape mismatches {mismatched[:10]}"
         )
     unused = sorted({k.split(".")[0] for k in weights if k not in own})
     target.load_state_dict({k: weights[k] for k in own})
-    logger.info("loaded %d ResNet tensors from %s (unused: %s)", len(own), path, unused or "none")
+    logger.info("loaded %d ResNet tensors from %s (unused: %s)", len(own), source, unused or "none")

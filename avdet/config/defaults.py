@@ -103,8 +103,10 @@ _C.MODEL.AUDIO.LAST_STAGE = "layer4"
 
 # Shared embedding dimension of both towers (after the projections).
 _C.MODEL.EMBED_DIM = 128
-# How a heatmap becomes a pair score: "max" (multiple-instance), "mean", "lse" (log-sum-exp).
+# How a heatmap becomes a pair score: "max" (multiple-instance), "mean", "lse" (log-sum-exp),
+# "topk" (mean of the POOLING_TOPK fraction of highest locations).
 _C.MODEL.POOLING = "max"
+_C.MODEL.POOLING_TOPK = 0.1
 # InfoNCE temperature; LEARN_TEMPERATURE makes it a trained parameter initialised here.
 _C.MODEL.TEMPERATURE = 0.07
 _C.MODEL.LEARN_TEMPERATURE = False

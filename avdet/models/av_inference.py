@@ -45,7 +45,7 @@ def predict_av(
         out = model(batch["frame"].to(device), batch["audio"].to(device))
         h = heatmaps(out.visual_map, out.audio_embedding).float()
         maps.append(h.cpu())
-        scores.append(pool_heatmap(h, model.pooling).cpu())
+        scores.append(pool_heatmap(h, model.pooling, model.topk_fraction).cpu())
         probs = 0.5 * (
             torch.softmax(out.visual_logits[head].float(), 1)
             + torch.softmax(out.audio_logits[head].float(), 1)

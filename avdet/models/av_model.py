@@ -20,7 +20,7 @@ from avdet.data.audio import build_spectrogram
 from avdet.models.towers import AudioTower, VisualTower
 from avdet.models.weights import load_resnet_weights
 
-POOLINGS = ("max", "mean", "lse")
+POOLINGS = ("max", "mean", "lse", "topk")
 
 
 @dataclass
@@ -38,9 +38,16 @@ def heatmaps(visual_map: torch.Tensor, audio_embedding: torch.Tensor) -> torch.T
     return torch.einsum("bdhw,bd->bhw", visual_map, audio_embedding)
 
 
-def pool_heatmap(heatmap: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pair score from heatmaps [..., h, w] -> [...]; "lse" is a smooth max (temperature 0.1)."""
+def pool_heatmap(heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1) -> torch.Tensor:
+    """Pair score from heatmaps [..., h, w] -> [...].
+
+    "lse" is a smooth max (temperature 0.1); "topk" the mean of the largest `topk_fraction` of the
+    locations: multiple-instance like max, but the gradient reaches a whole object, not one cell.
+    """
     flat = heatmap.flatten(-2)
+    if pooling == "topk":
+        k = max(1, math.ceil(topk_fraction * flat.shape[-1]))
+        return flat.topk(k, dim=-1).values.mean(-1)
     if pooling == "max":
         return flat.amax(-1)
     if pooling == "mean":
@@ -51,11 +58,14 @@ def pool_heatmap(heatmap: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 def pair_scores(
-    visual_map: torch.Tensor, audio_embedding: torch.Tensor, pooling: str
+    visual_map: torch.Tensor,
+    audio_embedding: torch.Tensor,
+    pooling: str,
+    topk_fraction: float = 0.1,
 ) -> torch.Tensor:
     """S[i, j] = pool(H(v_i, a_j)) for every frame i and audio j of the batch: [B, B]."""
     all_pairs = torch.einsum("bdhw,nd->bnhw", visual_map, audio_embedding)
-    return pool_heatmap(all_pairs, pooling)
+    return pool_heatmap(all_pairs, pooling, topk_fraction)
 
 
 class ClusterHead(nn.Module):
@@ -85,6 +95,7 @@ class AVModel(nn.Module):
         audio_last_stage: str = "layer4",
         embed_dim: int = 128,
         pooling: str = "max",
+        topk_fraction: float = 0.1,
         temperature: float = 0.07,
         learn_temperature: bool = False,
         num_clusters: int = 8,
@@ -99,6 +110,7 @@ class AVModel(nn.Module):
         self.visual = VisualTower(visual_arch, visual_last_stage, embed_dim)
         self.audio = AudioTower(audio_arch, audio_last_stage, embed_dim)
         self.pooling = pooling
+        self.topk_fraction = topk_fraction
         log_t = torch.tensor(math.log(temperature))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
@@ -124,6 +136,7 @@ class AVModel(nn.Module):
             audio_last_stage=m.AUDIO.LAST_STAGE,
             embed_dim=m.EMBED_DIM,
             pooling=m.POOLING,
+            topk_fraction=m.POOLING_TOPK,
             temperature=m.TEMPERATURE,
             learn_temperature=m.LEARN_TEMPERATURE,
             num_clusters=m.NUM_CLUSTERS,

@@ -99,6 +99,7 @@ class AVLoss:
             gather_with_grad(out.visual_map),
             gather_with_grad(out.audio_embedding),
             self.model.pooling,
+            self.model.topk_fraction,
         )
         l_nc = infonce(scores, self.model.temperature)
         losses: dict[str, torch.Tensor | float] = {

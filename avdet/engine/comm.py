@@ -114,6 +114,43 @@ def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [g[:n].to(tensor.device) for g, n in zip(gathered, lengths, strict=True)]
 
 
+class _CatWithGrad(torch.autograd.Function):
+    """Concatenation of every process's rows whose backward sums the processes' gradients.
+
+    torch.distributed.nn's all_gather is not used: on gloo its backward allocates the received
+    gradients with the strides of the local ones, so a non-contiguous gradient (pair_scores'
+    einsum gives one) comes back scrambled.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        local = tensor.contiguous()
+        parts = [torch.empty_like(local) for _ in range(get_world_size())]
+        dist.all_gather(parts, local)
+        ctx.rows = (get_rank() * len(local), (get_rank() + 1) * len(local))
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rows[0] : ctx.rows[1]]
+
+
+def cat_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's `tensor` concatenated along dim 0, differentiable (the identity alone).
+
+    Each process's loss of the concatenation sends gradients to every process's rows; all
+    processes must pass the same shape (a DistributedSampler's equal shares).
+    """
+    if get_world_size() == 1:
+        return tensor
+    sizes = all_gather(torch.tensor([tensor.shape[0]]))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(f"cat_with_grad needs equal rows in every process; got {sizes}")
+    return _CatWithGrad.apply(tensor)
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every process's picklable `obj`, in rank order (`[obj]` in one process)."""
     world = get_world_size()

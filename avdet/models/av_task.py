@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
 from avdet.config import CfgNode
@@ -76,13 +75,6 @@ class SelfLabelHook(HookBase):
         self.labeller.load_state_dict(state)
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from every process along dim 0, keeping gradients (identity alone)."""
-    if comm.get_world_size() == 1:
-        return tensor
-    return torch.cat(dist_fn.all_gather(tensor.contiguous()), dim=0)
-
-
 class AVLoss:
     """loss_fn of the Trainer: weighted L_NC on the global batch plus L_clust on the pseudo-labels."""
 
@@ -96,8 +88,8 @@ class AVLoss:
     def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor | float]:
         out = model(batch["frame"], batch["audio"])
         scores = pair_scores(
-            gather_with_grad(out.visual_map),
-            gather_with_grad(out.audio_embedding),
+            comm.cat_with_grad(out.visual_map),
+            comm.cat_with_grad(out.audio_embedding),
             self.model.pooling,
             self.model.topk_fraction,
         )

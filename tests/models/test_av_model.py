@@ -79,13 +79,13 @@ def test_lse_pooling_lies_between_mean_and_max():
         pool_heatmap(h, "median")
 
 
-
 def test_topk_pooling_averages_the_highest_locations():
     h = torch.tensor([[[0.1, 0.9], [0.2, 0.3]], [[0.5, 0.4], [0.0, -0.2]]])
     torch.testing.assert_close(pool_heatmap(h, "topk", 0.5), torch.tensor([0.6, 0.45]))
     # ceil(fraction * h * w) locations, at least one: the extremes are max and mean
     torch.testing.assert_close(pool_heatmap(h, "topk", 0.01), pool_heatmap(h, "max"))
     torch.testing.assert_close(pool_heatmap(h, "topk", 1.0), pool_heatmap(h, "mean"))
+
 
 def test_infonce_equals_hand_computed_value():
     scores = torch.tensor([[0.9, 0.1], [0.3, 0.5]])

@@ -95,6 +95,8 @@ _C.MODEL.VISUAL.ARCH = "resnet18"
 _C.MODEL.VISUAL.LAST_STAGE = "layer3"
 # Local checkpoint for the visual tower (a torchvision ResNet state dict or an avdet student).
 _C.MODEL.VISUAL.WEIGHTS = ""
+# How the visual feature map is pooled for the clustering head g_v: "mean" or "max".
+_C.MODEL.VISUAL.HEAD_POOLING = "mean"
 
 _C.MODEL.AUDIO = CfgNode()
 # ResNet-style 2-D CNN over the spectrogram: "resnet18" (one input channel) or "resnet10".

@@ -21,7 +21,7 @@ class AVPredictions:
 
     heatmaps: np.ndarray  # [N, h, w] float32 cosine similarities
     scores: np.ndarray  # [N] pair score (pooled heatmap)
-    clusters: np.ndarray  # [N] int64, argmax of softmax(g_v) + softmax(g_a), head `head`
+    clusters: np.ndarray  # [N] int64, argmax of softmax(g_v) + softmax(g_a) of one head
     confidence: np.ndarray  # [N] mean of the two modalities' probabilities of that cluster
     clip_ids: list[str]
 
@@ -32,11 +32,15 @@ def predict_av(
     dataset: Dataset,
     batch_size: int = 64,
     num_workers: int = 0,
-    head: int = 0,
+    head: int | None = None,
     progress: bool = True,
 ) -> AVPredictions:
-    """Evaluate `model` (in eval mode) on every item of `dataset` (an AVClipDataset)."""
+    """Evaluate `model` (in eval mode) on every item of `dataset` (an AVClipDataset).
+
+    Cluster ids come from `head`, by default the model's `cluster_head` (chosen in training).
+    """
     device = next(model.parameters()).device
+    head = int(model.cluster_head) if head is None else head
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)

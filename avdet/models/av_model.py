@@ -21,6 +21,7 @@ from avdet.models.towers import AudioTower, VisualTower
 from avdet.models.weights import load_resnet_weights
 
 POOLINGS = ("max", "mean", "lse", "topk")
+VISUAL_HEAD_POOLINGS = ("mean", "max", "heatmap")
 
 
 @dataclass
@@ -55,6 +56,22 @@ def pool_heatmap(heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1
     if pooling == "lse":
         return 0.1 * (torch.logsumexp(flat / 0.1, dim=-1) - math.log(flat.shape[-1]))
     raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
+
+
+def pooling_weights(
+    heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1
+) -> torch.Tensor:
+    """Where a pooling looks: weights over the locations of heatmaps [B, h, w] -> [B, h, w], each
+    map summing to 1 (the argmax for "max", the top fraction for "topk", softmax for "lse")."""
+    flat = heatmap.flatten(1)
+    if pooling == "mean":
+        weights = torch.full_like(flat, 1.0 / flat.shape[1])
+    elif pooling == "lse":
+        weights = torch.softmax(flat / 0.1, dim=1)
+    else:
+        k = 1 if pooling == "max" else max(1, math.ceil(topk_fraction * flat.shape[1]))
+        weights = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0 / k)
+    return weights.view_as(heatmap)
 
 
 def pair_scores(
@@ -101,6 +118,7 @@ class AVModel(nn.Module):
         num_clusters: int = 8,
         num_heads: int = 1,
         head_hidden_dim: int = 512,
+        visual_head_pooling: str = "mean",
         spectrogram: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -117,6 +135,15 @@ class AVModel(nn.Module):
         else:
             self.register_buffer("log_temperature", log_t)
         self.num_clusters = num_clusters
+        # Which head gives the clusters downstream (pseudo-box classes, cluster ids); the
+        # self-labelling hook sets it, and it travels in every checkpoint.
+        self.register_buffer("cluster_head", torch.zeros((), dtype=torch.int64))
+        if visual_head_pooling not in VISUAL_HEAD_POOLINGS:
+            raise ValueError(
+                f"visual head pooling must be one of {VISUAL_HEAD_POOLINGS}; "
+                f"got {visual_head_pooling!r}"
+            )
+        self.visual_head_pooling = visual_head_pooling
         self.visual_heads = nn.ModuleList(
             ClusterHead(self.visual.out_channels, head_hidden_dim, num_clusters)
             for _ in range(num_heads)
@@ -142,6 +169,7 @@ class AVModel(nn.Module):
             num_clusters=m.NUM_CLUSTERS,
             num_heads=m.NUM_HEADS,
             head_hidden_dim=m.HEAD_HIDDEN_DIM,
+            visual_head_pooling=m.VISUAL.HEAD_POOLING,
             spectrogram=build_spectrogram(cfg),
         )
 
@@ -159,15 +187,35 @@ class AVModel(nn.Module):
         with torch.autocast(audio.device.type, enabled=False):
             return self.spectrogram(audio.float()).unsqueeze(1)
 
+    def pool_visual(
+        self, features: torch.Tensor, visual_map: torch.Tensor, audio_embedding: torch.Tensor
+    ) -> torch.Tensor:
+        """The trunk features [B, C, h, w] that g_v sees, pooled to [B, C].
+
+        "heatmap" pools them where the pair score looks (the clip's own heatmap, weights
+        detached), so g_v describes the sounding object rather than everything in the frame.
+        """
+        if self.visual_head_pooling == "max":
+            return features.amax(dim=(2, 3))
+        if self.visual_head_pooling == "mean":
+            return features.mean(dim=(2, 3))
+        with torch.no_grad():
+            weights = pooling_weights(
+                heatmaps(visual_map, audio_embedding), self.pooling, self.topk_fraction
+            )
+        return torch.einsum("bchw,bhw->bc", features, weights.to(features.dtype))
+
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> AVOutput:
         """frames [B, 3, H, W], audio [B, T] waveforms (or [B, 1, F, T] spectrograms) -> AVOutput."""
         spectrograms = self.audio_input(audio)
         visual_features, visual_map = self.visual(frames)
         audio_features, audio_embedding = self.audio(spectrograms)
-        pooled_visual = visual_features.mean(dim=(2, 3))
+        visual_map = F.normalize(visual_map, dim=1)
+        audio_embedding = F.normalize(audio_embedding, dim=1)
+        pooled_visual = self.pool_visual(visual_features, visual_map, audio_embedding)
         return AVOutput(
-            visual_map=F.normalize(visual_map, dim=1),
-            audio_embedding=F.normalize(audio_embedding, dim=1),
+            visual_map=visual_map,
+            audio_embedding=audio_embedding,
             visual_logits=[head(pooled_visual) for head in self.visual_heads],
             audio_logits=[head(audio_features) for head in self.audio_heads],
         )

@@ -47,6 +47,8 @@ class SelfLabelHook(HookBase):
             return
         stuck = self.loss.last_clust_over_ln_k
         stats = self.labeller.update(trainer.model)
+        model = getattr(trainer.model, "module", trainer.model)  # unwrap DDP
+        model.cluster_head.fill_(self.labeller.best_head)
         trainer.log_metrics(**stats, ln_k=math.log(self.labeller.num_clusters))
         if stats["largest_cluster_share"] > 0.5 and self.labeller.num_clusters > 2:
             self._warn_once(

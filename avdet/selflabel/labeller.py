@@ -25,25 +25,27 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def cluster_probabilities(
     model: torch.nn.Module, dataset: Dataset, indices: list[int], batch_size: int, num_workers: int
-) -> torch.Tensor:
-    """P = softmax(g_v) * softmax(g_a), renormalised per row, for `indices`: [NH, len, K] float32."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `indices`: P = softmax(g_v) * softmax(g_a), renormalised per row, [NH, len, K]
+    float32, and per head the sum over clips of P's row mass before the renormalisation, [NH]
+    float64: each clip's probability that g_v and g_a, sampled, name the same cluster."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     loader = DataLoader(
         torch.utils.data.Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers
     )
-    chunks = []
+    chunks, agreement = [], 0.0
     for batch in loader:
         out = model(batch["frame"].to(device), batch["audio"].to(device))
-        per_head = [
-            torch.softmax(v.float(), 1) * torch.softmax(a.float(), 1)
-            for v, a in zip(out.visual_logits, out.audio_logits, strict=True)
-        ]
-        probs = torch.stack(per_head)
-        chunks.append((probs / probs.sum(-1, keepdim=True)).cpu())
+        visual = torch.stack([torch.softmax(v.float(), 1) for v in out.visual_logits])
+        audio = torch.stack([torch.softmax(a.float(), 1) for a in out.audio_logits])
+        probs = visual * audio
+        mass = probs.sum(-1, keepdim=True)
+        chunks.append((probs / mass).cpu())
+        agreement = agreement + mass.squeeze(-1).double().sum(-1).cpu()
     model.train(was_training)
-    return torch.cat(chunks, dim=1)
+    return torch.cat(chunks, dim=1), torch.as_tensor(agreement, dtype=torch.float64)
 
 
 def cluster_health(labels: torch.Tensor, num_clusters: int) -> dict[str, float]:
@@ -80,6 +82,10 @@ class SelfLabeller:
         self.batch_size = max(1, cfg.TEST.IMS_PER_BATCH // comm.get_world_size())
         self.num_workers = cfg.DATALOADER.NUM_WORKERS
         self.labels: torch.Tensor | None = None  # [NH, N] int64, None until the first update
+        # The head whose visual and audio predictions agree most (mean over clips of
+        # sum_k softmax(g_v)_k * softmax(g_a)_k): the clustering that both modalities
+        # corroborate, used for pseudo-box classes and cluster ids downstream.
+        self.best_head = 0
 
     def due(self, iteration: int) -> bool:
         return iteration in self.update_iters or (
@@ -91,7 +97,9 @@ class SelfLabeller:
         n = len(self.dataset)
         rank, world = comm.get_rank(), comm.get_world_size()
         shard = list(range(rank, n, world))
-        probs = cluster_probabilities(model, self.dataset, shard, self.batch_size, self.num_workers)
+        probs, agreement = cluster_probabilities(
+            model, self.dataset, shard, self.batch_size, self.num_workers
+        )
         labels = torch.empty(self.num_heads, n, dtype=torch.int64)
         for head in range(self.num_heads):
             local = sinkhorn_knopp(
@@ -104,7 +112,10 @@ class SelfLabeller:
             )
             labels[head] = _unshard(local, n)
         self.labels = labels
-        stats = cluster_health(labels[0], self.num_clusters)
+        agreement = comm.all_reduce(agreement) / n
+        self.best_head = int(agreement.argmax())
+        stats = cluster_health(labels[self.best_head], self.num_clusters)
+        stats.update(best_head=self.best_head, modality_agreement=float(agreement.max()))
         logger.info("pseudo-labels recomputed: %s", stats)
         return stats
 
@@ -114,10 +125,11 @@ class SelfLabeller:
         return self.labels[:, indices.cpu()]
 
     def state_dict(self) -> dict:
-        return {"labels": self.labels}
+        return {"labels": self.labels, "best_head": self.best_head}
 
     def load_state_dict(self, state: dict) -> None:
         self.labels = state["labels"]
+        self.best_head = state.get("best_head", 0)
 
 
 def _unshard(local: torch.Tensor, n: int) -> torch.Tensor:

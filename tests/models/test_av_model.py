@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from avdet.config import load_config
-from avdet.models.av_model import AVModel, heatmaps, pair_scores, pool_heatmap
+from avdet.models.av_model import (
+    AVModel,
+    heatmaps,
+    pair_scores,
+    pool_heatmap,
+    pooling_weights,
+)
 from avdet.models.losses import clustering_loss, infonce
 
 
@@ -85,6 +91,35 @@ def test_topk_pooling_averages_the_highest_locations():
     # ceil(fraction * h * w) locations, at least one: the extremes are max and mean
     torch.testing.assert_close(pool_heatmap(h, "topk", 0.01), pool_heatmap(h, "max"))
     torch.testing.assert_close(pool_heatmap(h, "topk", 1.0), pool_heatmap(h, "mean"))
+
+
+@pytest.mark.parametrize("pooling", ["max", "topk", "mean"])
+def test_pooling_weights_reproduce_the_pair_score(pooling):
+    torch.manual_seed(0)
+    h = torch.randn(3, 4, 5)
+    weights = pooling_weights(h, pooling, 0.25)
+    torch.testing.assert_close(weights.sum((1, 2)), torch.ones(3))
+    torch.testing.assert_close((weights * h).sum((1, 2)), pool_heatmap(h, pooling, 0.25))
+    assert int((weights[0] > 0).sum()) == {"max": 1, "topk": 5, "mean": 20}[pooling]
+
+
+def test_heatmap_head_pooling_describes_where_the_sound_is():
+    """g_v pools the trunk features where the clip's own pair score looks: it depends on the audio."""
+    torch.manual_seed(0)
+    model = small_model(pooling="topk", topk_fraction=0.25, visual_head_pooling="heatmap").eval()
+    frames, specs = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 32, 32)
+    features, visual_map = model.visual(frames)
+    visual_map = torch.nn.functional.normalize(visual_map, dim=1)
+    _, audio = model.audio(specs)
+    audio = torch.nn.functional.normalize(audio, dim=1)
+    pooled = model.pool_visual(features, visual_map, audio)
+    h = heatmaps(visual_map, audio)[0].flatten()
+    top = h.topk(math.ceil(0.25 * h.numel())).indices
+    torch.testing.assert_close(pooled[0], features[0].flatten(1)[:, top].mean(1))
+    swapped = model(frames, specs.flip(0)).visual_logits[0]
+    assert not torch.allclose(swapped, model(frames, specs).visual_logits[0])
+    with pytest.raises(ValueError, match="visual head pooling"):
+        small_model(visual_head_pooling="median")
 
 
 def test_infonce_equals_hand_computed_value():

@@ -69,6 +69,9 @@ def test_training_writes_results_checkpoints_and_label_health(toy_cfg, tmp_path)
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)
     labels = state["hooks"]["SelfLabelHook"]["labels"]
     assert labels.shape[0] == 2 and labels.dtype == torch.int64
+    # the head the modalities agree on most is the one downstream stages read
+    assert int(state["model"]["cluster_head"]) == state["hooks"]["SelfLabelHook"]["best_head"]
+    assert {m["best_head"] for m in health} <= {0, 1}
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(toy_cfg, tmp_path):
@@ -99,6 +102,7 @@ def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
 
 class _StubLabeller:
     num_clusters = 8
+    best_head = 0
 
     def __init__(self, share: float) -> None:
         self.share = share
@@ -117,7 +121,7 @@ class _StubLabeller:
 
 class _StubTrainer:
     iter = 7
-    model = None
+    model = argparse.Namespace(cluster_head=torch.zeros((), dtype=torch.int64))
 
     def __init__(self) -> None:
         self.logged: list[dict] = []

@@ -116,6 +116,23 @@ def relabel_pseudo(pseudo: dict, gt: dict, manifest: Sequence[dict], agnostic: b
     return {**pseudo, "annotations": annotations, "categories": categories}
 
 
+def pseudo_detections(pseudo: dict, images: dict) -> list[dict]:
+    """The pseudo-boxes of the images of a COCO dict that are pseudo-labelled training frames, as
+    COCO results (keyed by that dict's image ids, matched by file name)."""
+    image_of = {i["file_name"]: i["id"] for i in images["images"]}
+    pseudo_file = {i["id"]: i["file_name"] for i in pseudo["images"]}
+    return [
+        {
+            "image_id": image_of[pseudo_file[a["image_id"]]],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": a.get("score", 1.0),
+        }
+        for a in pseudo["annotations"]
+        if pseudo_file[a["image_id"]] in image_of
+    ]
+
+
 def agnostic_gt(gt: dict) -> dict:
     """Every GT box as one class, for class-agnostic evaluation."""
     return {
@@ -220,13 +237,15 @@ class Pipeline:
         test_detections = detect(gt["test"])
         test_gt = load_coco(gt["test"])
         class_names = {c["id"]: c["name"] for c in test_gt["categories"]}
+        pseudo = load_coco(pseudo_path) if self.cfg.PIPELINE.NAME_WITH_PSEUDO else None
         sweep = {}
         main_k = self.cfg.PIPELINE.LABELS_PER_CLASS
         for k in sorted({main_k, *self.cfg.PIPELINE.LABEL_SWEEP}):
             labels = load_coco(gt[f"labels_{k}"])
-            agreement = agreement_matrix(
-                detect(gt[f"labels_{k}"]), labels, cluster_ids=categories.category_ids
-            )
+            votes = detect(gt[f"labels_{k}"])
+            if pseudo is not None:
+                votes += pseudo_detections(pseudo, labels)
+            agreement = agreement_matrix(votes, labels, cluster_ids=categories.category_ids)
             mapping = match_clusters(
                 agreement.matrix,
                 agreement.cluster_ids,

@@ -2,7 +2,7 @@
 """Stage 4: name the detector's clusters from a handful of labelled images (Hungarian matching).
 
     python tools/match_clusters.py --detections D.json --labels L.json --output mapping.json \
-        [--results R.json] [--keep-unmatched {drop,unknown}] [--iou 0.5]
+        [--results R.json] [--keep-unmatched {drop,unknown}] [--iou 0.5] [--votes {score,matched}]
 
 D.json: the detector's COCO results on the labelled images (image ids of L.json, category ids
 = clusters). L.json: COCO ground truth of those images with real categories (as few as one image
@@ -20,6 +20,7 @@ from pathlib import Path
 from avdet.data.coco import load_coco
 from avdet.matching.hungarian import (
     UNKNOWN,
+    VOTES,
     agreement_matrix,
     match_clusters,
     relabel_detections,
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", type=Path, help="results to relabel (default: --detections)")
     parser.add_argument("--keep-unmatched", choices=("drop", UNKNOWN), default="drop")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to vote")
+    parser.add_argument(
+        "--votes",
+        choices=VOTES,
+        default="score",
+        help="score: every overlapping detection votes with its score (default); "
+        "matched: one vote per labelled box, COCO-style",
+    )
     args = parser.parse_args(argv)
 
     labels = load_coco(args.labels)
@@ -60,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     detections = load_results(args.detections)
     results = load_results(args.results) if args.results else detections
     clusters = sorted({int(d["category_id"]) for d in detections + results})
-    agreement = agreement_matrix(detections, labels, args.iou, cluster_ids=clusters)
+    agreement = agreement_matrix(
+        detections, labels, args.iou, cluster_ids=clusters, votes=args.votes
+    )
     if agreement.matrix.sum() == 0:
         raise SystemExit(
             f"{args.detections}: no detection overlaps a labelled box of {args.labels} "
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "relabelled_results": str(results_path),
         "clusters": len(clusters),
         "named_clusters": named,
-        "votes": int(agreement.matrix.sum()),
+        "votes": round(float(agreement.matrix.sum()), 4),
         "ignored_detections": agreement.num_ignored_detections,
     }
     print(json.dumps(summary, indent=2))

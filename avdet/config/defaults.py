@@ -257,6 +257,10 @@ _C.PIPELINE.BACKBONE_FROM_AV = True
 _C.PIPELINE.LABELS_PER_CLASS = 1
 # Also report the named detector's mAP@0.5 with these many labels per class (0 = every train image).
 _C.PIPELINE.LABEL_SWEEP = (1, 2, 5)
+# Naming votes (matching.hungarian, score-weighted): the detector's boxes on the labelled images
+# and, with NAME_WITH_PSEUDO, the pseudo-boxes of those that are pseudo-labelled training frames
+# (stage 1's own cluster ids, often surer than a briefly trained detector's).
+_C.PIPELINE.NAME_WITH_PSEUDO = True
 # Unmatched clusters: "drop" their detections, or keep them as "unknown".
 _C.PIPELINE.KEEP_UNMATCHED = "drop"
 # Detectors trained beside the self-supervised one, same settings: "supervised" (GT boxes and

@@ -1,11 +1,14 @@
 """Naming the clusters: a cluster x class agreement matrix from a handful of labelled boxes, solved
 with the Hungarian algorithm (scipy's linear_sum_assignment), then used to relabel detections.
 
-Votes: per labelled image, the detector's boxes are matched to the labelled boxes the way COCO
-evaluation matches them, class-agnostically: detections in descending score order, each taking the
-unmatched labelled box of highest IoU (>= iou_threshold). Each match is one vote (cluster, class).
-One detection votes at most once and one labelled box receives at most one vote, so a large box
-covering two objects cannot vote twice.
+Votes (`votes=`):
+- "score" (default): every detection votes, with its score, for (its cluster, the class of the
+  labelled box it overlaps most, IoU >= iou_threshold). A detector emits a box per class it finds
+  likely, so one labelled object collects the detector's whole class distribution, not just its
+  top guess: with one labelled image per class that is most of the evidence there is.
+- "matched": COCO-style, one vote per labelled box: detections in descending score order, each
+  taking the unmatched labelled box of highest IoU (>= iou_threshold).
+Either way one detection votes at most once, so a large box covering two objects cannot vote twice.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ ClusterTarget = int | str | None  # a class id, UNKNOWN, or None (dropped)
 class Agreement(NamedTuple):
     """The agreement matrix with its row / column ids and what was counted while building it."""
 
-    matrix: np.ndarray  # [num_clusters, num_classes] int64 vote counts
+    matrix: np.ndarray  # [num_clusters, num_classes] float64 votes
     cluster_ids: list[int]  # row i <-> detector category id cluster_ids[i]
     class_ids: list[int]  # column j <-> labelled category id class_ids[j]
     num_labelled_boxes: int
@@ -97,19 +100,25 @@ def _label_boxes_by_image(labels: Mapping) -> tuple[dict[int, list[dict]], list[
     return by_image, class_ids
 
 
+VOTES = ("score", "matched")
+
+
 def agreement_matrix(
     detections: Sequence[Mapping],
     labels: Mapping,
     iou_threshold: float = 0.5,
     cluster_ids: Sequence[int] | None = None,
+    votes: str = "score",
 ) -> Agreement:
-    """Count (cluster, class) votes from detections (COCO results) matched to labelled GT boxes.
+    """Sum (cluster, class) votes of detections (COCO results) on labelled GT boxes (module doc).
 
     ``labels`` is a COCO dict whose annotations carry real category ids; columns follow its
     categories (sorted ids). Rows follow ``cluster_ids`` if given (e.g. all K clusters of the
     detector), otherwise the sorted category ids seen in ``detections``. Detections on images
     without labels are ignored and counted.
     """
+    if votes not in VOTES:
+        raise ValueError(f"votes must be one of {VOTES}, got {votes!r}")
     by_image, class_ids = _label_boxes_by_image(labels)
     if cluster_ids is None:
         cluster_ids = sorted({int(d["category_id"]) for d in detections})
@@ -124,15 +133,25 @@ def agreement_matrix(
             dets_by_image.setdefault(int(det["image_id"]), []).append(det)
         else:
             ignored += 1
-    matrix = np.zeros((len(row_of), len(class_ids)), dtype=np.int64)
+    matrix = np.zeros((len(row_of), len(class_ids)), dtype=np.float64)
     for image_id, dets in dets_by_image.items():
         dets = sorted(dets, key=lambda d: -float(d["score"]))
         gts = by_image[image_id]
-        pairs = _greedy_matches(
-            np.array([d["bbox"] for d in dets]), np.array([g["bbox"] for g in gts]), iou_threshold
+        det_boxes, gt_boxes = (
+            np.array([d["bbox"] for d in dets]),
+            np.array([g["bbox"] for g in gts]),
         )
+        if votes == "matched":
+            pairs = _greedy_matches(det_boxes, gt_boxes, iou_threshold)
+        else:
+            iou = box_iou_xywh(det_boxes, gt_boxes)
+            best = iou.argmax(1)
+            pairs = [(d, int(g)) for d, g in enumerate(best) if iou[d, g] >= iou_threshold]
         for d, g in pairs:
-            matrix[row_of[int(dets[d]["category_id"])], col_of[int(gts[g]["category_id"])]] += 1
+            weight = float(dets[d]["score"]) if votes == "score" else 1.0
+            matrix[row_of[int(dets[d]["category_id"])], col_of[int(gts[g]["category_id"])]] += (
+                weight
+            )
     if ignored:
         logger.info("ignored %d detections on images without labels", ignored)
     num_boxes = sum(len(v) for v in by_image.values())
@@ -214,8 +233,8 @@ def save_mapping(
                 "cluster_name": cluster_names.get(cluster, str(cluster)),
                 "class_id": target,
                 "class_name": class_names.get(target) if isinstance(target, int) else target,
-                "votes": int(votes[col_of[target]]) if isinstance(target, int) else 0,
-                "total_votes": int(votes.sum()),
+                "votes": round(float(votes[col_of[target]]), 4) if isinstance(target, int) else 0,
+                "total_votes": round(float(votes.sum()), 4),
             }
         )
     atomic_write_json(
@@ -226,7 +245,7 @@ def save_mapping(
             "class_names": [class_names.get(c, str(c)) for c in agreement.class_ids],
             "matrix": agreement.matrix.tolist(),
             "num_labelled_boxes": agreement.num_labelled_boxes,
-            "num_votes": int(agreement.matrix.sum()),
+            "num_votes": round(float(agreement.matrix.sum()), 4),
             "num_ignored_detections": agreement.num_ignored_detections,
         },
         indent=2,

@@ -62,7 +62,7 @@ def test_permuted_clusters_are_recovered():
     detections.append(_det(1, 11, [300, 200, 10, 10], 0.99))  # a false positive: no vote
     agreement = agreement_matrix(detections, labels)
     assert agreement.cluster_ids == [11, 12, 13] and agreement.class_ids == [1, 2, 3]
-    np.testing.assert_array_equal(agreement.matrix, [[0, 2, 0], [0, 0, 2], [3, 0, 0]])
+    np.testing.assert_allclose(agreement.matrix, 0.9 * np.array([[0, 2, 0], [0, 0, 2], [3, 0, 0]]))
     assert agreement.num_labelled_boxes == 7 and agreement.num_ignored_detections == 0
     mapping = match_clusters(agreement.matrix, agreement.cluster_ids, agreement.class_ids)
     assert mapping == {13: 1, 11: 2, 12: 3}
@@ -71,15 +71,28 @@ def test_permuted_clusters_are_recovered():
     assert detections[0]["category_id"] == 13  # the input is left as it was
 
 
-def test_votes_need_iou_and_a_detection_votes_once():
+@pytest.mark.parametrize("votes", ["score", "matched"])
+def test_votes_need_iou(votes):
     labels = _labels([[1, 2]])
     big = [10, 10, 260, 150]  # covers both labelled boxes, IoU < 0.5 with each
     loose = _shift(BOXES[0], 60)  # IoU 40 / 160 = 0.25 with the first box
-    agreement = agreement_matrix([_det(1, 5, big), _det(1, 6, loose)], labels)
+    agreement = agreement_matrix([_det(1, 5, big), _det(1, 6, loose)], labels, votes=votes)
     assert agreement.matrix.sum() == 0
-    # Two detections on the same box: the higher score takes it, the other finds nothing left.
-    agreement = agreement_matrix([_det(1, 5, BOXES[0], 0.6), _det(1, 6, BOXES[0], 0.8)], labels)
-    np.testing.assert_array_equal(agreement.matrix, [[0, 0, 0], [1, 0, 0]])
+
+
+def test_score_votes_collect_the_class_distribution_matched_votes_only_the_top_guess():
+    labels = _labels([[1, 2]])
+    # the detector's boxes on labelled box 0 (class 1): cluster 6 at 0.8, cluster 5 at 0.6;
+    # and one box on labelled box 1 (class 2), nudged so that it overlaps box 1 most
+    dets = [_det(1, 5, BOXES[0], 0.6), _det(1, 6, BOXES[0], 0.8), _det(1, 5, BOXES[1], 0.3)]
+    score = agreement_matrix(dets, labels)
+    assert score.cluster_ids == [5, 6]
+    np.testing.assert_allclose(score.matrix, [[0.6, 0.3, 0], [0.8, 0, 0]])
+    # matched: the higher score takes box 0, the other finds nothing left; 1 vote per box
+    matched = agreement_matrix(dets, labels, votes="matched")
+    np.testing.assert_array_equal(matched.matrix, [[0, 1, 0], [1, 0, 0]])
+    with pytest.raises(ValueError, match="votes must be one of"):
+        agreement_matrix(dets, labels, votes="all")
 
 
 def test_more_clusters_than_classes_drop_or_unknown():
@@ -120,7 +133,7 @@ def test_unlabelled_images_are_ignored_and_counted():
     agreement = agreement_matrix(detections, labels)
     assert agreement.num_ignored_detections == 2
     assert agreement.cluster_ids == [0, 1, 2]  # every cluster the detector emits gets a row
-    np.testing.assert_array_equal(agreement.matrix, [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_allclose(agreement.matrix, [[0.9, 0, 0], [0, 0.9, 0], [0, 0, 0]])
     fixed_rows = agreement_matrix(detections, labels, cluster_ids=[0, 1, 2, 3])
     assert fixed_rows.matrix.shape == (4, 3)
     with pytest.raises(ValueError, match="category 2 not in cluster_ids"):
@@ -151,14 +164,14 @@ def test_save_and_load_mapping(tmp_path):
         "cluster_name": "cluster_1",
         "class_id": 2,
         "class_name": "drum",
-        "votes": 2,
-        "total_votes": 2,
+        "votes": 1.8,  # two detections of score 0.9
+        "total_votes": 1.8,
     }
     assert (
         record["clusters"][2]["class_name"] == "unknown"
         and record["clusters"][2]["cluster_name"] == "2"
     )
-    assert record["num_votes"] == 3 and record["class_names"] == ["guitar", "drum", "piano"]
+    assert record["num_votes"] == pytest.approx(2.7) and record["class_names"] == ["guitar", "drum", "piano"]
     assert load_mapping(path) == mapping
     path.write_text("{}")
     with pytest.raises(ValueError, match="not a cluster mapping"):

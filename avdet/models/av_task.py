@@ -106,6 +106,12 @@ class AVLoss:
             losses["loss_clust"] = (1 - self.mix) * l_clust
             self.last_clust_over_ln_k = float(l_clust.detach()) / self.ln_k if self.ln_k else 0.0
             losses["clust_over_ln_k"] = self.last_clust_over_ln_k
+        else:
+            # Before the first labels the heads' outputs are unused. DDP (which finds the used
+            # parameters from the forward's outputs) then waits forever for their gradients;
+            # a zero-weighted term gives them zero gradients instead.
+            unused = sum(logits.sum() for logits in out.visual_logits + out.audio_logits)
+            losses["loss_nc"] = losses["loss_nc"] + 0.0 * unused
         return losses
 
 
@@ -147,7 +153,6 @@ def run(cfg: CfgNode, args: argparse.Namespace) -> dict:
         train_set,
         loss,
         hooks=[SelfLabelHook(labeller, loss)],
-        find_unused_parameters=cfg.SELFLABEL.START_ITER > 0,
     )
     logger.info("AV training on %d clips of %s", len(train_set), source.prepared_dir)
     stop_at = getattr(args, "stop_at", None)

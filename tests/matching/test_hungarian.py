@@ -171,7 +171,11 @@ def test_save_and_load_mapping(tmp_path):
         record["clusters"][2]["class_name"] == "unknown"
         and record["clusters"][2]["cluster_name"] == "2"
     )
-    assert record["num_votes"] == pytest.approx(2.7) and record["class_names"] == ["guitar", "drum", "piano"]
+    assert record["num_votes"] == pytest.approx(2.7) and record["class_names"] == [
+        "guitar",
+        "drum",
+        "piano",
+    ]
     assert load_mapping(path) == mapping
     path.write_text("{}")
     with pytest.raises(ValueError, match="not a cluster mapping"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,22 @@ def test_cluster_clips_tool_labels_unseen_clips(toy_cfg, toy_root, tmp_path):
         f"cluster_{c}.png" for c in clusters
     }
     assert "broken" in (out / "prepared" / "failures.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_train_self_label_and_evaluate(toy_cfg, tmp_path):
+    """`--num-gpus 2` end to end: DDP does not stall on the heads that wait for the first labels."""
+    cfg = toy_cfg(tmp_path / "run", "TASK", "av", *TINY_MODEL, "SELFLABEL.START_ITER", "2")
+    config = tmp_path / "av.yaml"
+    config.write_text(cfg.dump())
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(repo / "tools" / "train_net.py"), "--config-file", str(config)]
+    run = subprocess.run(
+        [*cmd, "--num-gpus", "2"], capture_output=True, text=True, cwd=repo, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in (tmp_path / "run" / "log.txt").read_text()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.json")
+    assert [m["iteration"] for m in metrics if "cluster_entropy" in m] == [2]
+    assert any("loss_clust" in m for m in metrics)
+    assert (tmp_path / "run" / "inference" / "av_results.json").exists()

@@ -95,7 +95,8 @@ _C.MODEL.VISUAL.ARCH = "resnet18"
 _C.MODEL.VISUAL.LAST_STAGE = "layer3"
 # Local checkpoint for the visual tower (a torchvision ResNet state dict or an avdet student).
 _C.MODEL.VISUAL.WEIGHTS = ""
-# How the visual feature map is pooled for the clustering head g_v: "mean" or "max".
+# How the visual feature map is pooled for the clustering head g_v: "mean", "max", or
+# "heatmap" (where the clip's own pair score looks; g_v then also depends on the audio).
 _C.MODEL.VISUAL.HEAD_POOLING = "mean"
 
 _C.MODEL.AUDIO = CfgNode()

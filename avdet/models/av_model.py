@@ -39,6 +39,11 @@ def heatmaps(visual_map: torch.Tensor, audio_embedding: torch.Tensor) -> torch.T
     return torch.einsum("bdhw,bd->bhw", visual_map, audio_embedding)
 
 
+def _topk_count(fraction: float, locations: int) -> int:
+    """How many locations "topk" pooling averages: ceil(fraction * locations), at least one."""
+    return max(1, math.ceil(fraction * locations))
+
+
 def pool_heatmap(heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1) -> torch.Tensor:
     """Pair score from heatmaps [..., h, w] -> [...].
 
@@ -47,8 +52,7 @@ def pool_heatmap(heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1
     """
     flat = heatmap.flatten(-2)
     if pooling == "topk":
-        k = max(1, math.ceil(topk_fraction * flat.shape[-1]))
-        return flat.topk(k, dim=-1).values.mean(-1)
+        return flat.topk(_topk_count(topk_fraction, flat.shape[-1]), dim=-1).values.mean(-1)
     if pooling == "max":
         return flat.amax(-1)
     if pooling == "mean":
@@ -69,7 +73,7 @@ def pooling_weights(
     elif pooling == "lse":
         weights = torch.softmax(flat / 0.1, dim=1)
     else:
-        k = 1 if pooling == "max" else max(1, math.ceil(topk_fraction * flat.shape[1]))
+        k = 1 if pooling == "max" else _topk_count(topk_fraction, flat.shape[1])
         weights = torch.zeros_like(flat).scatter_(1, flat.topk(k, dim=1).indices, 1.0 / k)
     return weights.view_as(heatmap)
 

@@ -28,7 +28,7 @@ from avdet.data.coco import load_coco, save_coco
 from avdet.data.prepare import load_manifest
 from avdet.data.sources import DataSource, ensure_prepared, resolve_source
 from avdet.detection.dataset import CocoDetectionDataset
-from avdet.detection.inference import run_detector_inference
+from avdet.detection.inference import classify_boxes, run_detector_inference
 from avdet.detection.task import detector_categories, load_detector
 from avdet.engine.defaults import default_setup
 from avdet.engine.tasks import get_task
@@ -48,6 +48,8 @@ from avdet.utils.visualize import draw_boxes, draw_detections, image_grid, save_
 
 logger = logging.getLogger(__name__)
 
+# Where naming votes may come from (PIPELINE.NAMING_VOTES; avdet/config/defaults.py says what each is).
+NAMING_VOTES = ("boxes", "pseudo", "detections")
 # Keys the pipeline config hands to every stage (sections are copied whole).
 SHARED_KEYS = (
     "DATASETS", "SEED", "DEVICE", "DATALOADER", "MODEL.NUM_CLUSTERS", "PSEUDO",
@@ -152,6 +154,12 @@ class Pipeline:
             cfg.clone().defrost().merge_from_list(["DATASETS.PREPARED_DIR", prepared]).freeze()
         )
         self.out = Path(cfg.OUTPUT_DIR)
+        votes = set(cfg.PIPELINE.NAMING_VOTES)
+        if not votes or not votes <= set(NAMING_VOTES):
+            raise ValueError(
+                f"PIPELINE.NAMING_VOTES must be a non-empty subset of {NAMING_VOTES}; "
+                f"got {list(cfg.PIPELINE.NAMING_VOTES)}"
+            )
         self.base_dir = Path(config_file).resolve().parent if config_file else Path.cwd()
         self.report: dict = {}
 
@@ -237,12 +245,18 @@ class Pipeline:
         test_detections = detect(gt["test"])
         test_gt = load_coco(gt["test"])
         class_names = {c["id"]: c["name"] for c in test_gt["categories"]}
-        pseudo = load_coco(pseudo_path) if self.cfg.PIPELINE.NAME_WITH_PSEUDO else None
+        sources = set(self.cfg.PIPELINE.NAMING_VOTES)
+        pseudo = load_coco(pseudo_path) if "pseudo" in sources else None
         sweep = {}
         main_k = self.cfg.PIPELINE.LABELS_PER_CLASS
         for k in sorted({main_k, *self.cfg.PIPELINE.LABEL_SWEEP}):
             labels = load_coco(gt[f"labels_{k}"])
-            votes = detect(gt[f"labels_{k}"])
+            votes = []
+            if "detections" in sources:
+                votes += detect(gt[f"labels_{k}"])
+            if "boxes" in sources:
+                labelled = CocoDetectionDataset(gt[f"labels_{k}"], image_dir)
+                votes += classify_boxes(model, labelled, categories, batch_size=batch)
             if pseudo is not None:
                 votes += pseudo_detections(pseudo, labels)
             agreement = agreement_matrix(votes, labels, cluster_ids=categories.category_ids)

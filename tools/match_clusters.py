@@ -1,13 +1,18 @@
 #!/usr/bin/env python
 """Stage 4: name the detector's clusters from a handful of labelled images (Hungarian matching).
 
-    python tools/match_clusters.py --detections D.json --labels L.json --output mapping.json \
+    python tools/match_clusters.py --labels L.json --output mapping.json \
+        [--detections D.json] [--detector-config OUT/config.yaml [--image-dir DIR]] \
         [--results R.json] [--keep-unmatched {drop,unknown}] [--iou 0.5] [--votes {score,matched}]
 
-D.json: the detector's COCO results on the labelled images (image ids of L.json, category ids
-= clusters). L.json: COCO ground truth of those images with real categories (as few as one image
-per class). Writes the mapping (cluster -> class, with the votes) and, for R.json (default
-D.json), the relabelled results with the real category ids next to it (<output>_results.json).
+L.json: COCO ground truth of a few images with real categories (as few as one image per class).
+Votes come from D.json, the detector's COCO results on those images (image ids of L.json,
+category ids = clusters), and/or, with --detector-config (a trained detector's config, e.g. its
+OUTPUT_DIR/config.yaml), from the detector's ROI head classifying each labelled box (images under
+--image-dir, default the config's DATASETS.IMAGE_DIR): one distribution over every cluster per
+labelled box, the strongest evidence when there is one label per class. Writes the mapping
+(cluster -> class, with the votes) and, for R.json (default D.json), the relabelled results with
+the real category ids next to it (<output>_results.json).
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import json
 import sys
 from pathlib import Path
 
+from avdet.config import load_config
 from avdet.data.coco import load_coco
+from avdet.detection.dataset import CocoDetectionDataset
+from avdet.detection.inference import classify_boxes
+from avdet.detection.task import detector_categories, load_detector
 from avdet.matching.hungarian import (
     UNKNOWN,
     VOTES,
@@ -43,11 +52,24 @@ def load_results(path: Path) -> list[dict]:
     return results
 
 
+def box_votes(config_file: Path, labels_path: Path, image_dir: str) -> tuple[list[dict], list[int]]:
+    """The trained detector's class distribution on every labelled box, and its cluster ids."""
+    cfg = load_config(config_file, [])
+    categories = detector_categories(cfg)
+    model = load_detector(cfg, categories)
+    labelled = CocoDetectionDataset(labels_path, image_dir or cfg.DATASETS.IMAGE_DIR)
+    return classify_boxes(model, labelled, categories), categories.category_ids
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[1], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--detections", required=True, type=Path)
+    parser.add_argument("--detections", type=Path, help="the detector's results on the labels")
+    parser.add_argument(
+        "--detector-config", type=Path, help="the trained detector's config: box votes"
+    )
+    parser.add_argument("--image-dir", default="", help="folder of the labels' file_names")
     parser.add_argument("--labels", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--results", type=Path, help="results to relabel (default: --detections)")
@@ -65,12 +87,18 @@ def main(argv: list[str] | None = None) -> dict:
     labels = load_coco(args.labels)
     if not labels["annotations"]:
         raise SystemExit(f"{args.labels}: no labelled boxes")
-    detections = load_results(args.detections)
+    if args.detections is None and args.detector_config is None:
+        raise SystemExit("give --detections, --detector-config or both: the votes come from them")
+    detections = load_results(args.detections) if args.detections else []
     results = load_results(args.results) if args.results else detections
-    clusters = sorted({int(d["category_id"]) for d in detections + results})
-    agreement = agreement_matrix(
-        detections, labels, args.iou, cluster_ids=clusters, votes=args.votes
-    )
+    clusters = {int(d["category_id"]) for d in detections + results}
+    votes = list(detections)
+    if args.detector_config is not None:
+        scores, detector_clusters = box_votes(args.detector_config, args.labels, args.image_dir)
+        votes += scores
+        clusters.update(detector_clusters)
+    clusters = sorted(clusters)
+    agreement = agreement_matrix(votes, labels, args.iou, cluster_ids=clusters, votes=args.votes)
     if agreement.matrix.sum() == 0:
         raise SystemExit(
             f"{args.detections}: no detection overlaps a labelled box of {args.labels} "

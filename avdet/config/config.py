@@ -9,13 +9,21 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+logger = logging.getLogger(__name__)
+
 BASE_KEY = "_BASE_"
+# Keys that config files of older versions hold (config.yaml of an old output folder): full key
+# -> (its replacement in the same section, old value -> new value). Loading such a file sets
+# the replacement and warns, so old output folders still load.
+RENAMED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {}
 
 
 class ConfigError(ValueError):
@@ -142,6 +150,10 @@ def _deep_update(dst: dict, src: dict) -> None:
 def _merge_into(dst: CfgNode, src: dict, prefix: str, source: str) -> None:
     for key, value in src.items():
         full_key = f"{prefix}{key}"
+        if key not in dst and full_key in RENAMED_KEYS:
+            new_key, convert = RENAMED_KEYS[full_key]
+            logger.warning("%s: %s is now %s%s", source, full_key, prefix, new_key)
+            key, full_key, value = new_key, f"{prefix}{new_key}", convert(value)
         _check_key(dst, key, prefix.rstrip("."), source)
         if isinstance(dst[key], CfgNode):
             if not isinstance(value, dict):

@@ -7,7 +7,7 @@ DATALOADER, MODEL (AV towers, heads, detector), SELFLABEL, SOLVER, TEST, PSEUDO,
 
 from __future__ import annotations
 
-from avdet.config.config import CfgNode
+from avdet.config.config import RENAMED_KEYS, CfgNode
 
 _C = CfgNode()
 
@@ -258,10 +258,16 @@ _C.PIPELINE.BACKBONE_FROM_AV = True
 _C.PIPELINE.LABELS_PER_CLASS = 1
 # Also report the named detector's mAP@0.5 with these many labels per class (0 = every train image).
 _C.PIPELINE.LABEL_SWEEP = (1, 2, 5)
-# Naming votes (matching.hungarian, score-weighted): the detector's boxes on the labelled images
-# and, with NAME_WITH_PSEUDO, the pseudo-boxes of those that are pseudo-labelled training frames
-# (stage 1's own cluster ids, often surer than a briefly trained detector's).
-_C.PIPELINE.NAME_WITH_PSEUDO = True
+# Where the naming votes (matching.hungarian, cluster x class) come from, any of:
+# "boxes": the detector's ROI head classifies each labelled box (a full distribution over the
+# clusters per box, so one labelled image per class can name every cluster); "pseudo": the
+# pseudo-boxes of labelled images that are pseudo-labelled training frames (stage 1's own
+# cluster ids); "detections": the detector's boxes overlapping a labelled box, score-weighted.
+_C.PIPELINE.NAMING_VOTES = ("boxes", "pseudo")
+RENAMED_KEYS["PIPELINE.NAME_WITH_PSEUDO"] = (
+    "NAMING_VOTES",
+    lambda with_pseudo: ("detections", "pseudo") if with_pseudo else ("detections",),
+)
 # Unmatched clusters: "drop" their detections, or keep them as "unknown".
 _C.PIPELINE.KEEP_UNMATCHED = "drop"
 # Detectors trained beside the self-supervised one, same settings: "supervised" (GT boxes and

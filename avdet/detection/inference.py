@@ -82,6 +82,55 @@ def run_detector_inference(
     return results
 
 
+@torch.no_grad()
+def classify_boxes(
+    model: nn.Module,
+    dataset: CocoDetectionDataset,
+    categories: CategoryMap,
+    batch_size: int = 8,
+) -> list[dict]:
+    """The detector's class distribution for each given box of `dataset` (e.g. a labelled box).
+
+    The ROI head classifies the box itself (no proposals, no NMS, no score threshold), and the
+    probabilities of the detector's categories are renormalised without the background, so every
+    box yields one entry per category, {image_id, category_id, bbox (the box), score}, scores
+    summing to 1. As votes for naming clusters, one labelled box then speaks for every cluster,
+    where the detections over it may name only one or two (or none, if it was missed).
+    Single-process; images without boxes yield nothing.
+    """
+    model = getattr(model, "module", model)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    results = []
+    for images, targets in loader:
+        boxes = [{"boxes": t["boxes"].to(device)} for t in targets]
+        image_list, resized = model.transform([image.to(device) for image in images], boxes)
+        features = model.backbone(image_list.tensors)
+        rois = [t["boxes"] for t in resized]
+        pooled = model.roi_heads.box_roi_pool(features, rois, image_list.image_sizes)
+        logits, _ = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
+        probs = torch.softmax(logits.float(), dim=1)[:, 1:]  # column 0 is the background
+        probs = (probs / probs.sum(1, keepdim=True).clamp_min(1e-12)).cpu()
+        per_image = probs.split([len(r) for r in rois])
+        for target, box_probs in zip(targets, per_image, strict=True):
+            xywh = target["boxes"].clone()
+            xywh[:, 2:] -= xywh[:, :2]
+            for box, p in zip(xywh.tolist(), box_probs.tolist(), strict=True):
+                results.extend(
+                    {
+                        "image_id": target["image_id"],
+                        "category_id": categories.category_id(label),
+                        "bbox": [round(v, 2) for v in box],
+                        "score": round(score, 5),
+                    }
+                    for label, score in enumerate(p, start=1)
+                )
+    model.train(was_training)
+    return results
+
+
 def evaluate_detector(
     model: nn.Module,
     dataset: CocoDetectionDataset,

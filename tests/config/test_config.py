@@ -87,6 +87,19 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize(
+    "old, expected", [(True, ("detections", "pseudo")), (False, ("detections",))]
+)
+def test_a_renamed_key_of_an_old_config_file_still_loads(tmp_path, caplog, old, expected):
+    """config.yaml of an earlier version's output: PIPELINE.NAME_WITH_PSEUDO -> NAMING_VOTES."""
+    path = write(tmp_path / "config.yaml", {"PIPELINE": {"NAME_WITH_PSEUDO": old}})
+    votes = load_config(path).PIPELINE.NAMING_VOTES
+    assert votes == expected
+    assert "PIPELINE.NAME_WITH_PSEUDO is now PIPELINE.NAMING_VOTES" in caplog.text
+    with pytest.raises(ConfigError, match="unknown config key PIPELINE.NAME_WITH_PSEUDO"):
+        load_config(path, ["PIPELINE.NAME_WITH_PSEUDO", "True"])  # the command line: new names
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 from pathlib import Path
 
 import pytest
 
 from avdet.config import ConfigError, load_config
+from avdet.config.setup import save_config
 from avdet.data.coco import CocoFormatError, load_coco
 from avdet.detection import task
 from avdet.detection.dataset import CocoDetectionDataset
-from avdet.detection.inference import evaluate_detector
+from avdet.detection.inference import classify_boxes, evaluate_detector
 from avdet.engine.checkpoint import CheckpointError
 from avdet.engine.tasks import get_task
 from avdet.utils.io import read_jsonl
@@ -113,6 +115,50 @@ def test_other_categories_are_run_but_not_scored(trained, tmp_path):
     assert not (tmp_path / "detector_metrics.json").exists()
 
 
+def test_classify_boxes_gives_each_labelled_box_a_distribution_over_the_categories(trained):
+    out, train_json, _ = trained
+    cfg = _cfg(out, train_json, 20)
+    categories = task.detector_categories(cfg)
+    scores = classify_boxes(
+        task.load_detector(cfg, categories),
+        CocoDetectionDataset(train_json),
+        categories,
+        batch_size=3,
+    )
+    gt = load_coco(train_json)
+    assert len(scores) == 2 * len(gt["annotations"])  # the 2 negatives yield nothing
+    by_box: dict = {}
+    for entry in scores:
+        assert entry["category_id"] in (10, 20) and 0.0 <= entry["score"] <= 1.0
+        by_box.setdefault((entry["image_id"], tuple(entry["bbox"])), []).append(entry["score"])
+    expected = {(a["image_id"], tuple(round(v, 2) for v in a["bbox"])) for a in gt["annotations"]}
+    assert set(by_box) == expected
+    for box_scores in by_box.values():
+        assert sum(box_scores) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_match_clusters_tool_names_clusters_from_box_votes_alone(trained, tmp_path):
+    """tools/match_clusters.py --detector-config: the labelled boxes vote through the ROI head;
+    with real class ids unlike the cluster ids, every cluster gets a class (K = C = 2)."""
+    out, train_json, _ = trained
+    cfg_path = save_config(_cfg(out, train_json, 20), tmp_path)
+    labels = load_coco(train_json)
+    labels["categories"] = [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
+    for ann in labels["annotations"]:
+        ann["category_id"] //= 10
+    labels_path = tmp_path / "labels.json"
+    labels_path.write_text(json.dumps(labels))
+    tool = runpy.run_path(str(CONFIG.parents[2] / "tools" / "match_clusters.py"), run_name="x")
+    summary = tool["main"](
+        ["--labels", str(labels_path), "--output", str(tmp_path / "mapping.json"),
+         "--detector-config", str(cfg_path), "--image-dir", str(train_json.parent)]
+    )  # fmt: skip
+    assert summary["clusters"] == 2 and summary["named_clusters"] == 2
+    assert summary["votes"] == pytest.approx(len(labels["annotations"]), abs=1e-3)
+    mapping = json.loads((tmp_path / "mapping.json").read_text())
+    assert {c["class_id"] for c in mapping["clusters"]} == {1, 2}
+
+
 def test_clear_errors_for_missing_inputs(tmp_path, shapes_coco):
     with pytest.raises(ConfigError, match="DATASETS.TRAIN_JSON is empty"):
         task.run(load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path)]), _args())
@@ -127,5 +173,22 @@ def test_clear_errors_for_missing_inputs(tmp_path, shapes_coco):
 def test_a_longer_run_detects_the_shapes(shapes_coco, tmp_path):
     """200 iterations (minutes on 2 cores): AP50 well above zero on an easy two-class set."""
     train_json = shapes_coco(num_images=24, num_classes=2, seed=1)
-    results = task.run(_cfg(tmp_path, train_json, 200, "SOLVER.WARMUP_ITERS", "20"), _args())
+    cfg = _cfg(tmp_path, train_json, 200, "SOLVER.WARMUP_ITERS", "20")
+    results = task.run(cfg, _args())
     assert results["AP50"] > 0.3
+    # The trained ROI head, shown each true box, gives its class the larger probability.
+    categories = task.detector_categories(cfg)
+    scores = classify_boxes(
+        task.load_detector(cfg, categories), CocoDetectionDataset(train_json), categories
+    )
+    true_class = {
+        (a["image_id"], tuple(round(v, 2) for v in a["bbox"])): a["category_id"]
+        for a in load_coco(train_json)["annotations"]
+    }
+    best: dict = {}
+    for entry in scores:
+        key = (entry["image_id"], tuple(entry["bbox"]))
+        if entry["score"] > best.get(key, (None, -1.0))[1]:
+            best[key] = (entry["category_id"], entry["score"])
+    right = sum(best[key][0] == cls for key, cls in true_class.items())
+    assert right >= 0.8 * len(true_class)

@@ -94,4 +94,6 @@ def test_bad_inputs_are_clear_errors(tmp_path):
             "--output",
             str(tmp_path / "m.json"),
         )
+    with pytest.raises(SystemExit, match="give --detections, --detector-config or both"):
+        run_tool("--labels", str(labels), "--output", str(tmp_path / "m.json"))
     assert not (tmp_path / "m.json").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from avdet.config import load_config
 from avdet.pipeline import Pipeline
 
@@ -39,3 +41,12 @@ def test_stages_share_data_keys_and_the_prepared_folder(tmp_path):
     assert av.DATASETS.PREPARED_DIR == det.DATASETS.PREPARED_DIR == prepared
     assert det.DATASETS.TRAIN_JSON == "p.json" and det.DATASETS.CSV == "/data/vggsound.csv"
     assert str(tmp_path / "run" / "av" / "model_final.pth") == det.MODEL.BACKBONE.WEIGHTS
+
+
+def test_unknown_naming_vote_source_fails_before_any_stage_runs(tmp_path):
+    cfg = load_config(
+        CONFIG, ["OUTPUT_DIR", str(tmp_path / "run"), "PIPELINE.NAMING_VOTES", "('boxes', 'gt')"]
+    )
+    with pytest.raises(ValueError, match="PIPELINE.NAMING_VOTES must be a non-empty subset"):
+        Pipeline(cfg, CONFIG)
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,9 @@ _C.INPUT.FRAME_TIME = -1.0
 _C.INPUT.FRAME_SIZE = (120, 160)
 # Horizontal flip of the frame during AV training.
 _C.INPUT.RANDOM_FLIP = True
+# AV training: a random window of the frame with its aspect ratio and an area fraction drawn from
+# this range, resized to FRAME_SIZE (objects at new scales and places); (1.0, 1.0) = off.
+_C.INPUT.RANDOM_CROP_AREA = (1.0, 1.0)
 
 _C.INPUT.AUDIO = CfgNode()
 # Every clip's audio is resampled to this rate and downmixed to mono.
@@ -110,6 +113,10 @@ _C.MODEL.EMBED_DIM = 128
 # "topk" (mean of the POOLING_TOPK fraction of highest locations).
 _C.MODEL.POOLING = "max"
 _C.MODEL.POOLING_TOPK = 0.1
+# > 0: each pair's own heatmap, averaged over its lowest HARD_NEGATIVE_FRACTION of locations, is
+# one more negative in L_NC (the hard negative of LVS, Chen et al. 2021): the frame's background
+# must match its audio less than the sounding region does. 0 = off.
+_C.MODEL.HARD_NEGATIVE_FRACTION = 0.0
 # InfoNCE temperature; LEARN_TEMPERATURE makes it a trained parameter initialised here.
 _C.MODEL.TEMPERATURE = 0.07
 _C.MODEL.LEARN_TEMPERATURE = False

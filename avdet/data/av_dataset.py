@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,24 @@ def frame_to_tensor(rgb: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
+def random_crop(rgb: np.ndarray, area_range: Sequence[float]) -> np.ndarray:
+    """A window of `rgb` [H, W, 3] with its aspect ratio, area fraction uniform in `area_range`,
+    at a uniform position (torch's RNG, so loader workers follow the seed)."""
+    low, high = area_range
+    if not 0.0 < low <= high <= 1.0:
+        raise ValueError(
+            f"INPUT.RANDOM_CROP_AREA must satisfy 0 < low <= high <= 1; got {area_range}"
+        )
+    if low == 1.0:
+        return rgb
+    height, width = rgb.shape[:2]
+    side = math.sqrt(float(torch.empty(()).uniform_(low, high)))
+    crop_h, crop_w = max(1, round(side * height)), max(1, round(side * width))
+    top = int(torch.randint(0, height - crop_h + 1, ()))
+    left = int(torch.randint(0, width - crop_w + 1, ()))
+    return rgb[top : top + crop_h, left : left + crop_w]
+
+
 class AVClipDataset(Dataset):
     """Prepared clips of the given splits; item: index, clip_id, frame [3, H, W], audio [T].
 
@@ -41,8 +60,8 @@ class AVClipDataset(Dataset):
     model turns a batch of them into spectrograms at once (on its device), which is much cheaper
     than one spectrogram per item in the loader.
 
-    `train=True` adds the augmentations of stage 1 (horizontal flip, a random shift of the audio
-    window); evaluation and label recomputation use `train=False`, which is deterministic.
+    `train=True` adds the augmentations of stage 1 (horizontal flip, a random crop, a random shift
+    of the audio window); evaluation and label recomputation use `train=False`, which is deterministic.
     """
 
     def __init__(
@@ -56,6 +75,7 @@ class AVClipDataset(Dataset):
         self.train = train
         self.frame_size = tuple(cfg.INPUT.FRAME_SIZE)
         self.flip = cfg.INPUT.RANDOM_FLIP and train
+        self.crop_area = tuple(cfg.INPUT.RANDOM_CROP_AREA) if train else (1.0, 1.0)
         self.jitter = cfg.INPUT.AUDIO.TRAIN_JITTER if train else 0.0
         self.seconds = cfg.INPUT.AUDIO.SECONDS
         self.sample_rate = cfg.INPUT.AUDIO.SAMPLE_RATE
@@ -65,7 +85,8 @@ class AVClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        frame = frame_to_tensor(load_rgb(self.root / record["frame"]), self.frame_size)
+        rgb = random_crop(load_rgb(self.root / record["frame"]), self.crop_area)
+        frame = frame_to_tensor(rgb, self.frame_size)
         centre = record["frame_time"]
         if self.jitter:
             centre += float(torch.empty(()).uniform_(-self.jitter, self.jitter))

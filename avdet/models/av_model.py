@@ -62,6 +62,13 @@ def pool_heatmap(heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1
     raise ValueError(f"unknown pooling {pooling!r}; valid: {POOLINGS}")
 
 
+def background_score(heatmap: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The mean of the lowest `fraction` of the locations of heatmaps [..., h, w] -> [...]: how well
+    the frame's least matching region matches the audio (LVS's hard negative, Chen et al. 2021)."""
+    flat = heatmap.flatten(-2)
+    return -(-flat).topk(_topk_count(fraction, flat.shape[-1]), dim=-1).values.mean(-1)
+
+
 def pooling_weights(
     heatmap: torch.Tensor, pooling: str, topk_fraction: float = 0.1
 ) -> torch.Tensor:

@@ -24,7 +24,13 @@ from avdet.engine.checkpoint import Checkpointer, CheckpointError, load_weights
 from avdet.engine.tasks import register_task
 from avdet.engine.trainer import HookBase, Trainer
 from avdet.evaluation.av_eval import evaluate_av
-from avdet.models.av_model import AVModel, build_av_model, pair_scores
+from avdet.models.av_model import (
+    AVModel,
+    background_score,
+    build_av_model,
+    heatmaps,
+    pair_scores,
+)
 from avdet.models.losses import clustering_loss, infonce
 from avdet.selflabel.labeller import SelfLabeller
 
@@ -82,6 +88,7 @@ class AVLoss:
 
     def __init__(self, cfg: CfgNode, labeller: SelfLabeller, unwrapped: AVModel) -> None:
         self.mix = cfg.MODEL.LOSS_MIX
+        self.hard_negative_fraction = cfg.MODEL.HARD_NEGATIVE_FRACTION
         self.labeller = labeller
         self.model = unwrapped
         self.ln_k = math.log(cfg.MODEL.NUM_CLUSTERS)
@@ -89,13 +96,17 @@ class AVLoss:
 
     def __call__(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor | float]:
         out = model(batch["frame"], batch["audio"])
+        visual_map = comm.cat_with_grad(out.visual_map)
+        audio_embedding = comm.cat_with_grad(out.audio_embedding)
         scores = pair_scores(
-            comm.cat_with_grad(out.visual_map),
-            comm.cat_with_grad(out.audio_embedding),
-            self.model.pooling,
-            self.model.topk_fraction,
+            visual_map, audio_embedding, self.model.pooling, self.model.topk_fraction
         )
-        l_nc = infonce(scores, self.model.temperature)
+        hard = None
+        if self.hard_negative_fraction > 0:
+            hard = background_score(
+                heatmaps(visual_map, audio_embedding), self.hard_negative_fraction
+            )
+        l_nc = infonce(scores, self.model.temperature, hard)
         losses: dict[str, torch.Tensor | float] = {
             "loss_nc": self.mix * l_nc,
             "temperature": float(self.model.temperature.detach()),

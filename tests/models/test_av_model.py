@@ -10,6 +10,7 @@ import torch
 from avdet.config import load_config
 from avdet.models.av_model import (
     AVModel,
+    background_score,
     heatmaps,
     pair_scores,
     pool_heatmap,
@@ -134,6 +135,29 @@ def test_infonce_equals_hand_computed_value():
     assert infonce(scores, t).item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="square"):
         infonce(torch.zeros(2, 3), t)
+
+
+def test_hard_negatives_join_both_directions_as_one_more_logit():
+    scores = torch.tensor([[0.9, 0.1], [0.3, 0.5]])
+    hard = torch.tensor([0.2, 0.4])
+    t = 0.5
+
+    def nll(positive: float, *negatives: float) -> float:
+        logits = [positive, *negatives]
+        return -math.log(math.exp(positive / t) / sum(math.exp(v / t) for v in logits))
+
+    expected = 0.5 * (
+        (nll(0.9, 0.1, 0.2) + nll(0.5, 0.3, 0.4)) / 2
+        + (nll(0.9, 0.3, 0.2) + nll(0.5, 0.1, 0.4)) / 2
+    )
+    assert infonce(scores, t, hard).item() == pytest.approx(expected, rel=1e-6)
+    assert infonce(scores, t, hard) > infonce(scores, t)  # a negative only adds loss
+
+
+def test_background_score_averages_the_lowest_locations():
+    h = torch.tensor([[[0.1, 0.9], [0.2, 0.3]], [[0.5, 0.4], [0.0, -0.2]]])
+    torch.testing.assert_close(background_score(h, 0.5), torch.tensor([0.15, -0.1]))
+    torch.testing.assert_close(background_score(h, 0.01), h.flatten(1).amin(1))
 
 
 def test_infonce_prefers_matching_pairs():

@@ -202,6 +202,11 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.HEATMAP_SIZE = 224
 _C.TEST.CIOU_THRESHOLD = "median"
 _C.TEST.CIOU_FIXED_VALUE = 0.5
+# The pointing game looks up each heatmap's maximum on the model's input pixels, the map's cells
+# placed by their centres; the protocol's corner-aligned resize (kept for cIoU and AUC, and
+# reported as pointing_corner_aligned) pulls a coarse map's peaks toward the borders
+# (avdet/evaluation/localization.py). False: pointing from the protocol's resize only.
+_C.TEST.POINTING_CELL_CENTRES = True
 # Heatmap overlays drawn into OUTPUT_DIR/inference/.
 _C.TEST.NUM_VIS = 16
 
@@ -249,10 +254,10 @@ _C.DISTILL.PRUNE_AMOUNT = 0.5
 
 # ---------------------------------------------------------------------------------------------
 # tools/run_pipeline.py: the whole method in one run. The pipeline config holds what the stages
-# share (DATASETS, SEED, DEVICE, DATALOADER, MODEL.NUM_CLUSTERS, PSEUDO, TEST.CIOU_* and
-# TEST.HEATMAP_SIZE), copied into each stage's config; the stages' own training settings live in
-# the stage configs named here (paths relative to the pipeline config's folder, or the current
-# one), and *_OPTS override them: e.g. PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
+# share (DATASETS, SEED, DEVICE, DATALOADER, MODEL.NUM_CLUSTERS, PSEUDO, TEST.CIOU_*,
+# TEST.HEATMAP_SIZE and TEST.POINTING_CELL_CENTRES), copied into each stage's config; the stages'
+# own training settings live in the stage configs named here (paths relative to the pipeline
+# config's folder, or the current one), and *_OPTS override them: e.g. PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
 _C.PIPELINE = CfgNode()
 _C.PIPELINE.AV_CONFIG = "configs/toy/av.yaml"
 _C.PIPELINE.DETECTOR_CONFIG = "configs/toy/detector.yaml"

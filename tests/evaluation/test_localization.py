@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from avdet.evaluation.localization import (
     boxes_to_mask,
+    cell_centred_resize,
     ciou,
     ciou_ceiling_image,
     evaluate_localization,
@@ -188,6 +189,26 @@ def test_evaluate_localization_hand_computed_and_mode_recorded():
     assert fixed["mean_ciou"] == pytest.approx(2 / 8)  # keeps 14/15 and 15/15 only
     with pytest.raises(ValueError, match="2 heatmaps but 1"):
         evaluate_localization([heatmap_a, heatmap_b], [boxes_a])
+
+
+def test_pointing_places_a_coarse_map_by_its_cell_centres():
+    """Cell (1, 1) of a 4x4 map looks at 3/8 of the frame: corner alignment puts its peak at 1/3
+    (pixel 75 of 224), outside a box starting at 0.36; placed on a 64x64 input, at 84."""
+    heatmap = np.zeros((4, 4))
+    heatmap[1, 1] = 1.0
+    boxes = [[0.36, 0.36, 0.5, 0.5]]
+    assert evaluate_localization([heatmap], [boxes])["pointing"] == 0.0
+    placed_result = evaluate_localization([heatmap], [boxes], frame_size=(64, 64))
+    assert placed_result["pointing"] == 1.0 and placed_result["pointing_corner_aligned"] == 0.0
+    unplaced = evaluate_localization([heatmap], [boxes])
+    assert {k: v for k, v in placed_result.items() if "pointing" not in k} == {
+        k: v for k, v in unplaced.items() if "pointing" not in k
+    }  # cIoU and AUC follow the protocol either way
+    placed = cell_centred_resize(heatmap, (64, 64))
+    row, col = np.unravel_index(np.argmax(placed), placed.shape)
+    assert (row, col) in {(23, 23), (24, 24)} and placed.shape == (64, 64)  # centre 0.375 * 64
+    flat = np.full((3, 5), 0.25)
+    np.testing.assert_allclose(cell_centred_resize(flat, (30, 50)), 0.25)
 
 
 def test_load_vggss_annotations(tmp_path):

@@ -12,7 +12,8 @@ OUTPUT_DIR/config.yaml), from the detector's ROI head classifying each labelled 
 --image-dir, default the config's DATASETS.IMAGE_DIR): one distribution over every cluster per
 labelled box, the strongest evidence when there is one label per class. Writes the mapping
 (cluster -> class, with the votes) and, for R.json (default D.json), the relabelled results with
-the real category ids next to it (<output>_results.json).
+the real category ids next to it (<output>_results.json; with neither --results nor
+--detections, only the mapping is written).
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{args.labels}: no labelled boxes")
     if args.detections is None and args.detector_config is None:
         raise SystemExit("give --detections, --detector-config or both: the votes come from them")
+    if args.detector_config is not None and args.votes == "matched":
+        raise SystemExit(
+            "--votes matched takes one detection per labelled box, which would keep one cluster "
+            "of each box's distribution from --detector-config: use --votes score"
+        )
     detections = load_results(args.detections) if args.detections else []
     results = load_results(args.results) if args.results else detections
     clusters = {int(d["category_id"]) for d in detections + results}
@@ -103,18 +109,22 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(
             f"{args.detections}: no detection overlaps a labelled box of {args.labels} "
             f"(IoU >= {args.iou}); are the image ids the same?"
+            if args.detector_config is None
+            else f"{args.labels}: no vote from the labelled boxes (and no detection over them)"
         )
     mapping = match_clusters(agreement.matrix, clusters, agreement.class_ids, args.keep_unmatched)
     class_names = {c["id"]: c["name"] for c in labels["categories"]}
     unknown_id = max(class_names) + 1 if args.keep_unmatched == UNKNOWN else None
-    relabelled = relabel_detections(results, mapping, unknown_category_id=unknown_id)
     save_mapping(args.output, mapping, agreement, class_names)
-    results_path = args.output.with_name(args.output.stem + "_results.json")
-    atomic_write_json(results_path, relabelled)
+    results_path = None
+    if args.results or args.detections:  # something to rename
+        results_path = args.output.with_name(args.output.stem + "_results.json")
+        relabelled = relabel_detections(results, mapping, unknown_category_id=unknown_id)
+        atomic_write_json(results_path, relabelled)
     named = sum(isinstance(v, int) for v in mapping.values())
     summary = {
         "mapping": str(args.output),
-        "relabelled_results": str(results_path),
+        "relabelled_results": str(results_path) if results_path else None,
         "clusters": len(clusters),
         "named_clusters": named,
         "votes": round(float(agreement.matrix.sum()), 4),

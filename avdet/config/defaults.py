@@ -202,11 +202,11 @@ _C.TEST.IMS_PER_BATCH = 64
 _C.TEST.HEATMAP_SIZE = 224
 _C.TEST.CIOU_THRESHOLD = "median"
 _C.TEST.CIOU_FIXED_VALUE = 0.5
-# The pointing game looks up each heatmap's maximum on the model's input pixels, the map's cells
-# placed by their centres; the protocol's corner-aligned resize (kept for cIoU and AUC, and
-# reported as pointing_corner_aligned) pulls a coarse map's peaks toward the borders
-# (avdet/evaluation/localization.py). False: pointing from the protocol's resize only.
-_C.TEST.POINTING_CELL_CENTRES = True
+# The pointing game looks up each heatmap's maximum with the map placed on the model's input
+# where its cells look (cell m of a stride-s map at pixel s * m); the protocol's corner-aligned
+# resize (kept for cIoU and AUC, and reported as pointing_corner_aligned) stretches a coarse map
+# by up to s - 1 pixels (avdet/evaluation/localization.py). False: the protocol's resize only.
+_C.TEST.POINTING_ON_INPUT = True
 # Heatmap overlays drawn into OUTPUT_DIR/inference/.
 _C.TEST.NUM_VIS = 16
 
@@ -255,7 +255,7 @@ _C.DISTILL.PRUNE_AMOUNT = 0.5
 # ---------------------------------------------------------------------------------------------
 # tools/run_pipeline.py: the whole method in one run. The pipeline config holds what the stages
 # share (DATASETS, SEED, DEVICE, DATALOADER, MODEL.NUM_CLUSTERS, PSEUDO, TEST.CIOU_*,
-# TEST.HEATMAP_SIZE and TEST.POINTING_CELL_CENTRES), copied into each stage's config; the stages'
+# TEST.HEATMAP_SIZE and TEST.POINTING_ON_INPUT), copied into each stage's config; the stages'
 # own training settings live in the stage configs named here (paths relative to the pipeline
 # config's folder, or the current one), and *_OPTS override them: e.g. PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
 _C.PIPELINE = CfgNode()

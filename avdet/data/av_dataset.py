@@ -35,14 +35,20 @@ def frame_to_tensor(rgb: np.ndarray, size: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
+def check_crop_area(area_range: Sequence[float]) -> tuple[float, float]:
+    """INPUT.RANDOM_CROP_AREA as (low, high) with 0 < low <= high <= 1, else a ValueError."""
+    values = tuple(float(v) for v in area_range)
+    if len(values) != 2 or not 0.0 < values[0] <= values[1] <= 1.0:
+        raise ValueError(
+            f"INPUT.RANDOM_CROP_AREA must be (low, high) with 0 < low <= high <= 1; got {area_range}"
+        )
+    return values
+
+
 def random_crop(rgb: np.ndarray, area_range: Sequence[float]) -> np.ndarray:
     """A window of `rgb` [H, W, 3] with its aspect ratio, area fraction uniform in `area_range`,
     at a uniform position (torch's RNG, so loader workers follow the seed)."""
-    low, high = area_range
-    if not 0.0 < low <= high <= 1.0:
-        raise ValueError(
-            f"INPUT.RANDOM_CROP_AREA must satisfy 0 < low <= high <= 1; got {area_range}"
-        )
+    low, high = check_crop_area(area_range)
     if low == 1.0:
         return rgb
     height, width = rgb.shape[:2]
@@ -75,7 +81,7 @@ class AVClipDataset(Dataset):
         self.train = train
         self.frame_size = tuple(cfg.INPUT.FRAME_SIZE)
         self.flip = cfg.INPUT.RANDOM_FLIP and train
-        self.crop_area = tuple(cfg.INPUT.RANDOM_CROP_AREA) if train else (1.0, 1.0)
+        self.crop_area = check_crop_area(cfg.INPUT.RANDOM_CROP_AREA) if train else (1.0, 1.0)
         self.jitter = cfg.INPUT.AUDIO.TRAIN_JITTER if train else 0.0
         self.seconds = cfg.INPUT.AUDIO.SECONDS
         self.sample_rate = cfg.INPUT.AUDIO.SAMPLE_RATE

@@ -43,7 +43,7 @@ def evaluate_av(cfg: CfgNode, model: AVModel, source: DataSource, output_dir: st
                 mode=cfg.TEST.CIOU_THRESHOLD,
                 size=cfg.TEST.HEATMAP_SIZE,
                 fixed_value=cfg.TEST.CIOU_FIXED_VALUE,
-                frame_size=cfg.INPUT.FRAME_SIZE if cfg.TEST.POINTING_CELL_CENTRES else None,
+                frame_size=cfg.INPUT.FRAME_SIZE if cfg.TEST.POINTING_ON_INPUT else None,
             )
         )
     else:

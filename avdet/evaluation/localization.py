@@ -15,12 +15,12 @@ literature when ``mode="median"``:
   ground-truth pixel count (``map >= sort(map.ravel())[N - n]``; ties may keep a few more).
 - cIoU = sum(pred * gt) / (sum(gt) + sum(pred * [gt == 0])).
 
-Corner alignment is right for a map that already has the image's pixels, but it misplaces a
-coarse feature map: it puts the first and last cells' centres on the image borders, half a cell
-away from where they look, and so pulls peaks outward. cIoU and AUC keep it (they are the
-protocol, comparable with published numbers); the pointing game, which is ours, can look up the
-maximum of the map placed on the model's input pixels by cell centres instead (``frame_size``;
-half-pixel bilinear, `cell_centred_resize`), where it really points.
+Corner alignment is right for a map that already has the image's pixels, but it stretches a
+coarse feature map: cell m of a stride-s map looks at input pixel s * m (`place_on_input`), and
+corner alignment puts it at m * (H - 1) / (h - 1), up to s - 1 pixels further toward the bottom
+and right. cIoU and AUC keep it (they are the protocol, comparable with published numbers); the
+pointing game, which is ours, can look up the maximum of the map placed on the model's input
+instead (``frame_size``), where the model points.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from sklearn.metrics import auc as sklearn_auc
 from tqdm import tqdm
@@ -68,10 +67,12 @@ def boxes_to_mask(boxes_norm: Sequence[Box], size: int = 224) -> np.ndarray:
     return mask
 
 
-def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] linear interpolation weights sampling n_in points at aligned corners."""
-    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-    src = np.arange(n_out) * scale
+def _interp_matrix(n_in: int, n_out: int, scale: float | None = None) -> np.ndarray:
+    """[n_out, n_in] linear interpolation weights: output i samples input position i * scale
+    (default: corners aligned, (n_in - 1) / (n_out - 1)); past the last input, its value."""
+    if scale is None:
+        scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = np.minimum(np.arange(n_out) * scale, n_in - 1)
     lo = np.minimum(np.floor(src).astype(int), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
     frac = src - lo
@@ -98,13 +99,19 @@ def resize_heatmap(heatmap: np.ndarray, size: int = 224) -> np.ndarray:
     return _interp_matrix(h, size) @ heatmap @ _interp_matrix(w, size).T
 
 
-def cell_centred_resize(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """A [h, w] map resized to `shape` (height, width) with each cell's value at its centre
-    (bilinear, half-pixel aligned): a feature map in the pixels of the input it was computed on."""
+def place_on_input(heatmap: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A [h, w] feature map on the pixels of the [H, W] input (`shape`) it was computed from:
+    cell (i, j) at pixel (i * H / h, j * W / w), bilinear in between, the last row and column
+    carried to the border.
+
+    That is where a cell of a torchvision ResNet looks: each stride-2 convolution or pooling is
+    padded so that its output m is centred on input 2m, so cell m of a stride-s stage is centred
+    on input pixel s * m.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    h, w = heatmap.shape
     height, width = int(shape[0]), int(shape[1])
-    return cv2.resize(
-        np.asarray(heatmap, dtype=np.float32), (width, height), interpolation=cv2.INTER_LINEAR
-    ).astype(np.float64)
+    return _interp_matrix(h, height, h / height) @ heatmap @ _interp_matrix(w, width, w / width).T
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
@@ -211,7 +218,7 @@ def evaluate_localization(
     """Localisation metrics over a test set: one [h, w] heatmap and its normalised GT boxes per image.
 
     ``frame_size`` (height, width): the model input the heatmaps were computed on; ``pointing``
-    then takes each map's maximum placed on it by cell centres (module doc), and
+    then takes each map's maximum placed on it (`place_on_input`, module doc), and
     ``pointing_corner_aligned`` keeps the value from the protocol's resize. None: pointing on the
     protocol's resize only.
 
@@ -237,7 +244,7 @@ def evaluate_localization(
         ceilings.append(ciou_ceiling_image(gt, mode, fixed_value))
         hits.append(pointing_hit(resized, boxes, size))
         if frame_size is not None:
-            placed = cell_centred_resize(heatmap, frame_size)
+            placed = place_on_input(heatmap, frame_size)
             centred_hits.append(pointing_hit(placed, boxes, size))
     if empty_gt:
         logger.warning("%d of %d images have an empty ground-truth mask", empty_gt, len(cious))

@@ -89,6 +89,10 @@ class AVLoss:
     def __init__(self, cfg: CfgNode, labeller: SelfLabeller, unwrapped: AVModel) -> None:
         self.mix = cfg.MODEL.LOSS_MIX
         self.hard_negative_fraction = cfg.MODEL.HARD_NEGATIVE_FRACTION
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(
+                f"MODEL.HARD_NEGATIVE_FRACTION must lie in [0, 1]; got {self.hard_negative_fraction}"
+            )
         self.labeller = labeller
         self.model = unwrapped
         self.ln_k = math.log(cfg.MODEL.NUM_CLUSTERS)

@@ -34,6 +34,6 @@ def test_crops_are_windows_of_the_frame_with_its_aspect_and_area_in_range():
 def test_full_area_is_the_frame_itself_and_bad_ranges_are_errors():
     image = _gradient_image()
     assert random_crop(image, (1.0, 1.0)) is image
-    for bad in ((0.0, 0.5), (0.8, 0.5), (0.5, 1.2)):
+    for bad in ((0.0, 0.5), (0.8, 0.5), (0.5, 1.2), (0.5,)):
         with pytest.raises(ValueError, match="RANDOM_CROP_AREA"):
             random_crop(image, bad)

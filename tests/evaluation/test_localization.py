@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from avdet.evaluation.localization import (
     boxes_to_mask,
-    cell_centred_resize,
     ciou,
     ciou_ceiling_image,
     evaluate_localization,
     load_vggss_annotations,
+    place_on_input,
     pointing_hit,
     resize_heatmap,
     success_auc,
@@ -191,12 +191,13 @@ def test_evaluate_localization_hand_computed_and_mode_recorded():
         evaluate_localization([heatmap_a, heatmap_b], [boxes_a])
 
 
-def test_pointing_places_a_coarse_map_by_its_cell_centres():
-    """Cell (1, 1) of a 4x4 map looks at 3/8 of the frame: corner alignment puts its peak at 1/3
-    (pixel 75 of 224), outside a box starting at 0.36; placed on a 64x64 input, at 84."""
+def test_pointing_places_a_coarse_map_where_its_cells_look():
+    """Cell (1, 1) of a 4x4 map from a 64x64 input (stride 16) looks at pixel (16, 16), a quarter
+    of the way in: corner alignment puts its peak at a third (pixel 75 of 224), outside a box
+    spanning 0.2-0.3; placed on the input, the peak is at 0.25 (pixel 56), inside."""
     heatmap = np.zeros((4, 4))
     heatmap[1, 1] = 1.0
-    boxes = [[0.36, 0.36, 0.5, 0.5]]
+    boxes = [[0.2, 0.2, 0.3, 0.3]]
     assert evaluate_localization([heatmap], [boxes])["pointing"] == 0.0
     placed_result = evaluate_localization([heatmap], [boxes], frame_size=(64, 64))
     assert placed_result["pointing"] == 1.0 and placed_result["pointing_corner_aligned"] == 0.0
@@ -204,11 +205,11 @@ def test_pointing_places_a_coarse_map_by_its_cell_centres():
     assert {k: v for k, v in placed_result.items() if "pointing" not in k} == {
         k: v for k, v in unplaced.items() if "pointing" not in k
     }  # cIoU and AUC follow the protocol either way
-    placed = cell_centred_resize(heatmap, (64, 64))
-    row, col = np.unravel_index(np.argmax(placed), placed.shape)
-    assert (row, col) in {(23, 23), (24, 24)} and placed.shape == (64, 64)  # centre 0.375 * 64
-    flat = np.full((3, 5), 0.25)
-    np.testing.assert_allclose(cell_centred_resize(flat, (30, 50)), 0.25)
+    placed = place_on_input(heatmap, (64, 64))
+    assert placed.shape == (64, 64) and placed[16, 16] == 1.0 and placed.max() == 1.0
+    assert placed[24, 16] == pytest.approx(0.5)  # half-way to cell 2 (pixel 32)
+    ramp = np.arange(3.0)[None].repeat(2, 0)  # columns 0, 1, 2 of a 2x3 map from a 20x30 input
+    np.testing.assert_allclose(place_on_input(ramp, (20, 30))[5], np.minimum(np.arange(30) / 10, 2))
 
 
 def test_load_vggss_annotations(tmp_path):

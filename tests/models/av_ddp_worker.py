@@ -32,7 +32,10 @@ def av_setup() -> tuple[CfgNode, AVModel, dict[str, torch.Tensor], FixedLabels]:
     its own half of the batch, which no global-batch loss can make equal to one process.
     """
     torch.manual_seed(0)
-    cfg = load_config(None, ["MODEL.NUM_CLUSTERS", "3", "MODEL.LOSS_MIX", "0.5"])
+    cfg = load_config(
+        None,
+        ["MODEL.NUM_CLUSTERS", "3", "MODEL.LOSS_MIX", "0.5", "MODEL.HARD_NEGATIVE_FRACTION", "0.5"],
+    )
     model = AVModel(
         visual_last_stage="layer1",
         audio_last_stage="layer1",

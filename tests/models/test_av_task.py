@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from avdet.config import load_config
 from avdet.engine.defaults import default_setup
 from avdet.engine.tasks import get_task
+from avdet.models.av_task import AVLoss
 from avdet.utils.io import read_jsonl
 
 TINY_MODEL = [
@@ -199,3 +201,10 @@ def test_two_processes_train_self_label_and_evaluate(toy_cfg, tmp_path):
     assert [m["iteration"] for m in metrics if "cluster_entropy" in m] == [2]
     assert any("loss_clust" in m for m in metrics)
     assert (tmp_path / "run" / "inference" / "av_results.json").exists()
+
+
+@pytest.mark.parametrize("fraction", ["-0.1", "1.5"])
+def test_hard_negative_fraction_outside_0_1_is_a_config_error(fraction):
+    cfg = load_config(None, ["MODEL.HARD_NEGATIVE_FRACTION", fraction])
+    with pytest.raises(ValueError, match="MODEL.HARD_NEGATIVE_FRACTION must lie in"):
+        AVLoss(cfg, labeller=None, unwrapped=None)

@@ -94,6 +94,11 @@ def test_bad_inputs_are_clear_errors(tmp_path):
             "--output",
             str(tmp_path / "m.json"),
         )
+    with pytest.raises(SystemExit, match="--votes matched takes one detection per labelled box"):
+        run_tool(
+            "--labels", str(labels), "--output", str(tmp_path / "m.json"),
+            "--detector-config", str(tmp_path / "config.yaml"), "--votes", "matched",
+        )  # fmt: skip
     with pytest.raises(SystemExit, match="give --detections, --detector-config or both"):
         run_tool("--labels", str(labels), "--output", str(tmp_path / "m.json"))
     assert not (tmp_path / "m.json").exists()

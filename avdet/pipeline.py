@@ -48,7 +48,8 @@ from avdet.utils.visualize import draw_boxes, draw_detections, image_grid, save_
 
 logger = logging.getLogger(__name__)
 
-# Where naming votes may come from (PIPELINE.NAMING_VOTES; avdet/config/defaults.py says what each is).
+# Where naming votes may come from (PIPELINE.NAMING_VOTES; avdet/config/defaults.py says what
+# each one is).
 NAMING_VOTES = ("boxes", "pseudo", "detections")
 # Keys the pipeline config hands to every stage (sections are copied whole).
 SHARED_KEYS = (

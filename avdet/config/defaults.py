@@ -257,7 +257,8 @@ _C.DISTILL.PRUNE_AMOUNT = 0.5
 # share (DATASETS, SEED, DEVICE, DATALOADER, MODEL.NUM_CLUSTERS, PSEUDO, TEST.CIOU_*,
 # TEST.HEATMAP_SIZE and TEST.POINTING_ON_INPUT), copied into each stage's config; the stages'
 # own training settings live in the stage configs named here (paths relative to the pipeline
-# config's folder, or the current one), and *_OPTS override them: e.g. PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
+# config's folder, or the current one), and *_OPTS override them: e.g.
+# PIPELINE.AV_OPTS "('SOLVER.MAX_ITER', '100')".
 _C.PIPELINE = CfgNode()
 _C.PIPELINE.AV_CONFIG = "configs/toy/av.yaml"
 _C.PIPELINE.DETECTOR_CONFIG = "configs/toy/detector.yaml"

@@ -40,7 +40,8 @@ def check_crop_area(area_range: Sequence[float]) -> tuple[float, float]:
     values = tuple(float(v) for v in area_range)
     if len(values) != 2 or not 0.0 < values[0] <= values[1] <= 1.0:
         raise ValueError(
-            f"INPUT.RANDOM_CROP_AREA must be (low, high) with 0 < low <= high <= 1; got {area_range}"
+            "INPUT.RANDOM_CROP_AREA must be (low, high) with 0 < low <= high <= 1; "
+            f"got {area_range}"
         )
     return values
 
@@ -67,7 +68,8 @@ class AVClipDataset(Dataset):
     than one spectrogram per item in the loader.
 
     `train=True` adds the augmentations of stage 1 (horizontal flip, a random crop, a random shift
-    of the audio window); evaluation and label recomputation use `train=False`, which is deterministic.
+    of the audio window); evaluation and label recomputation use `train=False`, which is
+    deterministic.
     """
 
     def __init__(

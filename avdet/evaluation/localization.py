@@ -232,7 +232,7 @@ def evaluate_localization(
         raise ValueError(f"{len(heatmaps)} heatmaps but {len(gt_boxes)} ground-truth entries")
     if not heatmaps:
         raise ValueError("no images to evaluate")
-    cious, ceilings, hits, centred_hits = [], [], [], []
+    cious, ceilings, hits, placed_hits = [], [], [], []
     empty_gt = 0
     for heatmap, boxes in tqdm(
         zip(heatmaps, gt_boxes, strict=True), total=len(heatmaps), desc="cIoU", disable=None
@@ -245,13 +245,13 @@ def evaluate_localization(
         hits.append(pointing_hit(resized, boxes, size))
         if frame_size is not None:
             placed = place_on_input(heatmap, frame_size)
-            centred_hits.append(pointing_hit(placed, boxes, size))
+            placed_hits.append(pointing_hit(placed, boxes, size))
     if empty_gt:
         logger.warning("%d of %d images have an empty ground-truth mask", empty_gt, len(cious))
     pointing = {"pointing": float(np.mean(hits))}
     if frame_size is not None:
         pointing = {
-            "pointing": float(np.mean(centred_hits)),
+            "pointing": float(np.mean(placed_hits)),
             "pointing_corner_aligned": pointing["pointing"],
         }
     return {

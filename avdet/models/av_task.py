@@ -91,7 +91,8 @@ class AVLoss:
         self.hard_negative_fraction = cfg.MODEL.HARD_NEGATIVE_FRACTION
         if not 0.0 <= self.hard_negative_fraction <= 1.0:
             raise ValueError(
-                f"MODEL.HARD_NEGATIVE_FRACTION must lie in [0, 1]; got {self.hard_negative_fraction}"
+                "MODEL.HARD_NEGATIVE_FRACTION must lie in [0, 1]; "
+                f"got {self.hard_negative_fraction}"
             )
         self.labeller = labeller
         self.model = unwrapped

@@ -28,6 +28,23 @@ RESULTS_FILE = "coco_instances_results.json"
 REPORT_PREFIX = "detector"
 
 
+def _xywh(boxes: torch.Tensor) -> list[list[float]]:
+    """[N, 4] xyxy boxes -> xywh rows (Python floats, on the CPU)."""
+    boxes = boxes.detach().cpu().clone()
+    boxes[:, 2:] -= boxes[:, :2]
+    return boxes.tolist()
+
+
+def _result(image_id: int, category_id: int, box: list[float], score: float) -> dict:
+    """One COCO result entry, rounded as the results files store them."""
+    return {
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": [round(v, 2) for v in box],
+        "score": round(score, 5),
+    }
+
+
 @torch.no_grad()
 def run_detector_inference(
     model: nn.Module,
@@ -59,19 +76,15 @@ def run_detector_inference(
     ):
         outputs = model([image.to(device) for image in images])
         for target, output in zip(targets, outputs, strict=True):
-            boxes = output["boxes"].cpu()
-            boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
-            for box, label, score in zip(
-                boxes.tolist(), output["labels"].tolist(), output["scores"].tolist(), strict=True
-            ):
-                results.append(
-                    {
-                        "image_id": target["image_id"],
-                        "category_id": categories.category_id(label),
-                        "bbox": [round(v, 2) for v in box],
-                        "score": round(score, 5),
-                    }
+            results.extend(
+                _result(target["image_id"], categories.category_id(label), box, score)
+                for box, label, score in zip(
+                    _xywh(output["boxes"]),
+                    output["labels"].tolist(),
+                    output["scores"].tolist(),
+                    strict=True,
                 )
+            )
     model.train(was_training)
     results = [r for part in comm.all_gather_object(results) for r in part]
     results.sort(key=lambda r: (r["image_id"], -r["score"]))
@@ -115,16 +128,9 @@ def classify_boxes(
         probs = (probs / probs.sum(1, keepdim=True).clamp_min(1e-12)).cpu()
         per_image = probs.split([len(r) for r in rois])
         for target, box_probs in zip(targets, per_image, strict=True):
-            xywh = target["boxes"].clone()
-            xywh[:, 2:] -= xywh[:, :2]
-            for box, p in zip(xywh.tolist(), box_probs.tolist(), strict=True):
+            for box, p in zip(_xywh(target["boxes"]), box_probs.tolist(), strict=True):
                 results.extend(
-                    {
-                        "image_id": target["image_id"],
-                        "category_id": categories.category_id(label),
-                        "bbox": [round(v, 2) for v in box],
-                        "score": round(score, 5),
-                    }
+                    _result(target["image_id"], categories.category_id(label), box, score)
                     for label, score in enumerate(p, start=1)
                 )
     model.train(was_training)

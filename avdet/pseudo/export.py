@@ -26,11 +26,17 @@ logger = logging.getLogger(__name__)
 
 
 def build_pseudo_coco(
-    records: Sequence[dict], preds: AVPredictions, num_clusters: int, pseudo_cfg: CfgNode
+    records: Sequence[dict],
+    preds: AVPredictions,
+    num_clusters: int,
+    pseudo_cfg: CfgNode,
+    input_size: Sequence[int] | None = None,
 ) -> tuple[dict, dict]:
     """COCO dict of pseudo-boxes for the prepared clips `records`, and counts of what happened.
 
-    records: manifest lines (frame, width, height, clip_id, video) in the order of `preds`.
+    records: manifest lines (frame, width, height, clip_id, video) in the order of `preds`;
+    input_size: the (height, width) of the frames the heatmaps were computed on (see
+    `heatmap_to_boxes`).
     """
     keep_score = (
         np.percentile(preds.scores, pseudo_cfg.SCORE_PERCENTILE)
@@ -50,6 +56,7 @@ def build_pseudo_coco(
             max_boxes=pseudo_cfg.MAX_BOXES,
             min_area_frac=pseudo_cfg.MIN_AREA_FRAC,
             min_box_size=pseudo_cfg.MIN_BOX_SIZE,
+            input_size=input_size,
         )
         if not boxes:
             counts["no_box"] += 1

@@ -37,7 +37,9 @@ def make_pseudo_labels(
     preds = predict_av(
         model, dataset, batch_size=cfg.TEST.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS
     )
-    coco, counts = build_pseudo_coco(dataset.records, preds, cfg.MODEL.NUM_CLUSTERS, cfg.PSEUDO)
+    coco, counts = build_pseudo_coco(
+        dataset.records, preds, cfg.MODEL.NUM_CLUSTERS, cfg.PSEUDO, input_size=dataset.frame_size
+    )
     if not coco["annotations"]:
         raise NoPseudoBoxesError(
             f"no pseudo-box on any of {len(dataset)} training frames in {source.prepared_dir} "

@@ -56,3 +56,17 @@ def test_flat_or_tiny_heatmaps_give_no_box():
         heatmap_to_boxes(np.zeros((1, 8, 8)), (8, 8))
     with pytest.raises(ValueError, match="beta"):
         heatmap_to_boxes(h, (64, 64), beta=1.5)
+
+
+def test_input_size_places_the_map_where_its_cells_look():
+    # one hot cell (row 1, col 2) of a stride-8 map of a 32x40 input: a torchvision ResNet centres
+    # that cell on input pixel (8, 16); stretching the map corner to corner puts it at (12, 20)
+    h = np.zeros((4, 5), np.float32)
+    h[1, 2] = 1.0
+    x0, y0, x1, y1 = heatmap_to_boxes(h, (32, 40), input_size=(32, 40))[0]
+    assert (x0 + x1) / 2 == pytest.approx(16, abs=1) and (y0 + y1) / 2 == pytest.approx(8, abs=1)
+    x0, y0, x1, y1 = heatmap_to_boxes(h, (32, 40))[0]
+    assert (x0 + x1) / 2 == pytest.approx(20, abs=1) and (y0 + y1) / 2 == pytest.approx(12, abs=1)
+    # the input is stretched to the image as the frame was: an image twice the input's size
+    x0, y0, x1, y1 = heatmap_to_boxes(h, (64, 80), input_size=(32, 40))[0]
+    assert (x0 + x1) / 2 == pytest.approx(33, abs=2) and (y0 + y1) / 2 == pytest.approx(17, abs=2)

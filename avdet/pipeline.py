@@ -25,8 +25,8 @@ import numpy as np
 from avdet.config import CfgNode, load_config
 from avdet.data.av_dataset import load_rgb
 from avdet.data.coco import load_coco, save_coco
-from avdet.data.prepare import load_manifest
-from avdet.data.sources import DataSource, ensure_prepared, resolve_source
+from avdet.data.prepare import FAILURES, load_manifest, prepared_counts
+from avdet.data.sources import DataSource, prepared_once, resolve_source
 from avdet.detection.dataset import CocoDetectionDataset
 from avdet.detection.inference import classify_boxes, run_detector_inference
 from avdet.detection.task import detector_categories, load_detector
@@ -82,17 +82,38 @@ def stage_config(
     return stage.freeze()
 
 
-def frames_coco(gt: dict, manifest: Sequence[dict]) -> dict:
+def frames_coco(gt: dict, manifest: Sequence[dict], gt_name: str | Path) -> dict:
     """GT keyed by video file name -> the same GT on the prepared frames (file_name = frame path).
 
-    Images whose clip was not prepared (a failed decode) are dropped; ids are kept.
+    Images whose clip was not prepared (a failed decode, a missing video) are dropped with a
+    warning; ids are kept. No image matching a prepared clip means the GT is keyed some other way:
+    a ValueError naming `gt_name` (the GT file or files) says how it must be keyed.
     """
     frame_of = {Path(r["video"]).name: r for r in manifest}
-    images = []
+    images, dropped = [], []
     for image in gt["images"]:
         record = frame_of.get(image["file_name"])
-        if record is not None:
+        if record is None:
+            dropped.append(image["file_name"])
+        else:
             images.append({**image, "file_name": record["frame"], "clip_id": record["clip_id"]})
+    if dropped and not images:
+        expected = f"a prepared clip is {min(frame_of)!r}" if frame_of else "no clip was prepared"
+        raise ValueError(
+            f"{gt_name}: none of its {len(dropped)} images is a prepared clip. GT images are "
+            f"matched to clips by file_name, which must be the clip's video file name "
+            f"<youtube_id>_<start:06d>.mp4 as in the CSV: the GT has {dropped[0]!r}, {expected} "
+            f"(or every clip of the GT failed: see {FAILURES} in the prepared folder)"
+        )
+    if dropped:
+        logger.warning(
+            "%s: %d of %d GT images have no prepared clip (failed or missing video) and are "
+            "left out, e.g. %s",
+            gt_name,
+            len(dropped),
+            len(gt["images"]),
+            ", ".join(dropped[:3]),
+        )
     kept = {image["id"] for image in images}
     return {
         "info": gt.get("info", {}),
@@ -178,8 +199,27 @@ class Pipeline:
         )
 
     def run(self) -> dict:
+        """Prepare the clips, run every stage, write report.json and report.md.
+
+        The clips are prepared once: inside `prepared_once` the stages' own ensure_prepared
+        (stage 1 calls it) neither reads the CSV again nor logs the summary again.
+        """
         start = time.perf_counter()
-        source = ensure_prepared(self.cfg)
+        with prepared_once(self.cfg) as source:
+            self.run_stages(source)
+        self.report["wall_seconds"] = time.perf_counter() - start
+        summary = self.summary()
+        atomic_write_json(self.out / "report.json", summary, indent=2)
+        atomic_write_text(self.out / "report.md", report_markdown(summary))
+        return summary
+
+    def run_stages(self, source: DataSource) -> None:
+        """Stage 1, the pseudo-boxes, the detector and the baselines, on the prepared `source`."""
+        # Counted from the folder, so a rerun that prepares nothing still reports them.
+        self.report["prepare"] = {
+            **prepared_counts(source.prepared_dir),
+            "failures_file": str(source.prepared_dir / FAILURES),
+        }
         manifest = load_manifest(source.prepared_dir)
         gt = self.ground_truth(source, manifest)
         av_cfg = self.av_config()
@@ -193,11 +233,6 @@ class Pipeline:
         self.report["selfsup"] = self.selfsup_detector(pseudo_path, gt, image_dir)
         for name in self.cfg.PIPELINE.BASELINES:
             self.report[name] = self.baseline(name, pseudo_path, gt, manifest, image_dir)
-        self.report["wall_seconds"] = time.perf_counter() - start
-        summary = self.summary()
-        atomic_write_json(self.out / "report.json", summary, indent=2)
-        atomic_write_text(self.out / "report.md", report_markdown(summary))
-        return summary
 
     # -- data ------------------------------------------------------------------------------
     def ground_truth(self, source: DataSource, manifest: list[dict]) -> dict[str, Path]:
@@ -212,7 +247,8 @@ class Pipeline:
                 )
             merged = merge_coco([load_coco(f) for f in files])
             paths[role] = save_coco(
-                self.out / "gt" / f"instances_{role}.json", frames_coco(merged, manifest)
+                self.out / "gt" / f"instances_{role}.json",
+                frames_coco(merged, manifest, ", ".join(map(str, files))),
             )
         # The few labels: DATASETS.LABELS (keyed by video file name) for the main count;
         # otherwise, and for the sweep, k train images per class drawn with the seed.
@@ -221,7 +257,7 @@ class Pipeline:
         train_gt = load_coco(paths["train"])
         for k in sorted({main_k, *self.cfg.PIPELINE.LABEL_SWEEP}):
             if own and k == main_k:
-                subset = frames_coco(load_coco(own), manifest)
+                subset = frames_coco(load_coco(own), manifest, own)
             else:
                 subset = sample_labelled_images(train_gt, k, seed=self.cfg.SEED)
             paths[f"labels_{k}"] = save_coco(self.out / "gt" / f"labels_{k}.json", subset)
@@ -336,6 +372,7 @@ class Pipeline:
             "pseudo_quality": r.get("pseudo", {}).get("quality"),
             "label_sweep": r["selfsup"].get("label_sweep"),
             "labels_per_class": self.cfg.PIPELINE.LABELS_PER_CLASS,
+            "clips": r["prepare"],
             "wall_seconds": r.get("wall_seconds"),
             "stages": r,
         }
@@ -384,11 +421,22 @@ def _fmt(value: object) -> str:
     return f"{100 * value:.1f}" if isinstance(value, float) else "n/a"
 
 
+def clips_line(clips: dict) -> str:
+    """report.md's line on the data: clips prepared, and those skipped with their reasons."""
+    line = f"Clips: {clips['prepared']} prepared, {clips['failed']} skipped"
+    if clips["failed"]:
+        reasons = ", ".join(f"{k}: {n}" for k, n in clips["failed_by_reason"].items())
+        line += f" ({reasons}; listed in `{clips['failures_file']}`)"
+    return line + "."
+
+
 def report_markdown(summary: dict) -> str:
     """report.md: the paper's table shape, localisation, clustering, labels sweep, pictures."""
     s = summary
     lines = [
         "# avdet pipeline report",
+        "",
+        clips_line(s["clips"]),
         "",
         "## Detection (COCO mAP@0.5 on the test split, %)",
         "",

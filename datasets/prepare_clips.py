@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--frame-time",
         type=float,
         default=None,
-        help="which frame, in seconds from the start (default: the middle of each clip)",
+        help="which frame, in seconds on the file's timeline (default: the middle of each video)",
     )
     parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate (Hz)")
     parser.add_argument(

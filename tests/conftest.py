@@ -1,7 +1,9 @@
-"""Fixtures shared across test folders: a tiny toy-av set, generated once per session and prepared."""
+"""Fixtures shared across test folders: a tiny toy-av set (generated once per session and
+prepared), and caplog for the avdet loggers."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,15 @@ def toy_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy") / "toy-av"
     ensure_prepared(tiny_toy_cfg(root, tmp_path_factory.mktemp("toy_out")))
     return root
+
+
+@pytest.fixture
+def avdet_caplog(caplog, monkeypatch):
+    """caplog at INFO that sees the "avdet" loggers even after an earlier test's setup_logger
+    stopped them propagating to the root logger, where caplog listens."""
+    monkeypatch.setattr(logging.getLogger("avdet"), "propagate", True)
+    caplog.set_level(logging.INFO)
+    return caplog
 
 
 @pytest.fixture(scope="session")

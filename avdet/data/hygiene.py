@@ -41,7 +41,8 @@ from avdet.utils.io import append_jsonl, atomic_write_json, atomic_write_text, r
 logger = logging.getLogger(__name__)
 
 # Bump when a measurement changes meaning: cached rows of another version are recomputed.
-MEASURE_VERSION = 1
+# 2: duration and frame times span the video stream from its first frame, not from time 0.
+MEASURE_VERSION = 2
 FLAG_KEYS = ("still", "silent", "short", "unreadable")
 # Default thresholds (docs/data_hygiene.md says how they were chosen).
 MIN_RMS_DBFS = -60.0  # quieter audio is `silent` (the same default as prepare_clips)
@@ -242,13 +243,16 @@ def measure_task(task: tuple[Path, int]) -> dict:
 def measure_clip(path: str | os.PathLike, frames_per_clip: int = FRAMES_PER_CLIP) -> dict:
     """Decode one clip into the measurements the checks need (raises ClipReadError).
 
-    Returns {"duration": video seconds, "rms_dbfs": whole-clip audio level (None for digital
-    silence), "motion": motion_score of the frames, "frame_hashes": 16-hex-digit perceptual
-    hashes of the frames at (i + 0.5) / frames_per_clip of the duration, "audio_fingerprint":
+    Returns {"duration": length of the video stream's span in seconds, "rms_dbfs": whole-clip
+    audio level (None for digital silence), "motion": motion_score of the frames,
+    "frame_hashes": 16-hex-digit perceptual hashes of the frames at (i + 0.5) / frames_per_clip
+    of the span (from its first frame, which need not be at time 0), "audio_fingerprint":
     encode_fingerprint of the whole audio}.
     """
     clip = read_clip(path, frame_time=0.0, audio_seconds=None, sample_rate=SAMPLE_RATE)
-    times = [(i + 0.5) / frames_per_clip * clip.duration for i in range(frames_per_clip)]
+    times = [
+        clip.start + (i + 0.5) / frames_per_clip * clip.duration for i in range(frames_per_clip)
+    ]
     thumbs = [thumbnail(read_frame(path, time)[0]) for time in times]
     level = rms_dbfs(clip.audio)
     return {

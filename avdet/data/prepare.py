@@ -6,6 +6,10 @@ Layout of `output_dir`:
     manifest.jsonl         one JSON line per good clip (paths relative to output_dir)
     failures.jsonl         one JSON line per bad clip: {"clip_id", "path", "reason"}
 
+Times in the manifest are seconds on the file's timeline (avdet.data.video), the wav's first
+sample being time 0: `frame_time` is the frame's timestamp, and `video_start` and `duration` the
+video stream's span (its first frame need not be at 0).
+
 Every file is written atomically and a clip's manifest line only after its frame and audio, so a
 killed run leaves whole entries only. A second run skips every clip already in the manifest or in
 failures.jsonl (delete failures.jsonl to retry them); a manifest entry whose files have gone
@@ -117,6 +121,23 @@ def prepare_clips(
 def load_manifest(output_dir: str | os.PathLike) -> list[dict]:
     """The manifest's entries sorted by clip_id (worker timing does not change the order)."""
     return sorted(read_jsonl(Path(output_dir) / MANIFEST), key=lambda entry: entry["clip_id"])
+
+
+def prepared_counts(output_dir: str | os.PathLike) -> dict:
+    """What a prepared folder holds, over every run that wrote it: {"prepared": clips in the
+    manifest, "failed": clips in failures.jsonl, "failed_by_reason": failure_kind -> count}.
+
+    Read from the files rather than from one run's PrepareSummary, which counts only what that
+    run did (nothing, on a rerun over a finished folder).
+    """
+    output_dir = Path(output_dir)
+    failures = read_jsonl(output_dir / FAILURES)
+    reasons = Counter(failure_kind(row["reason"]) for row in failures)
+    return {
+        "prepared": len(read_jsonl(output_dir / MANIFEST)),
+        "failed": len(failures),
+        "failed_by_reason": dict(sorted(reasons.items())),
+    }
 
 
 def save_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
@@ -275,6 +296,7 @@ def _prepare_one(task: tuple[ClipRecord, Path, float | None, int, float]) -> tup
         "audio": audio_file,
         "label": record.label,
         "split": record.split,
+        "video_start": clip.start,
         "duration": clip.duration,
         "frame_time": clip.frame_time,
         "width": clip.width,

@@ -1,12 +1,16 @@
 """Resolve a config's data source (the toy set or a VGGSound-layout set) and make sure it is prepared.
 
 Every stage calls `ensure_prepared(cfg)`: on a fresh checkout the toy set is generated, and any
-set is decoded once by `prepare_clips` (resumable), so configs work without manual steps.
+set is decoded once by `prepare_clips` (resumable), so configs work without manual steps. A run
+of several stages in one process (the pipeline) prepares once, in `prepared_once`, inside which
+the stages' own calls return at once instead of reading the CSV and logging it all again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,10 @@ class DataSource:
             return None
         path = self.annotation_dir / name
         return path if path.exists() else None
+
+
+# The sources a `prepared_once` block has prepared; ensure_prepared skips them.
+_PREPARED: set[DataSource] = set()
 
 
 def resolve_source(cfg: CfgNode) -> DataSource:
@@ -58,26 +66,48 @@ def resolve_source(cfg: CfgNode) -> DataSource:
 
 
 def ensure_prepared(cfg: CfgNode) -> DataSource:
-    """Generate the toy set if it is the source and missing, then prepare every clip (resumable)."""
+    """Generate the toy set if it is the source and missing, then prepare every clip (resumable).
+
+    CSV rows left out (no video file, malformed, repeated) are logged by read_vggsound_csv, the
+    preparation's summary by prepare_clips.
+    """
     from avdet.data.indexes import read_vggsound_csv
     from avdet.data.prepare import prepare_clips
 
     source = resolve_source(cfg)
+    if source in _PREPARED:
+        logger.debug("%s: prepared earlier in this run", source.prepared_dir)
+        return source
     if source.is_toy:
         from avdet.data.toy import ensure_toy_dataset
 
         ensure_toy_dataset(cfg)
     if not source.csv.is_file():
         raise FileNotFoundError(f"{source.csv}: dataset CSV not found (DATASETS.CSV)")
-    records, missing = read_vggsound_csv(source.csv, source.video_dir)
-    if missing:
-        logger.warning("%d CSV rows have no video file in %s", len(missing), source.video_dir)
-    summary = prepare_clips(
+    records, _ = read_vggsound_csv(source.csv, source.video_dir)
+    prepare_clips(
         records,
         source.prepared_dir,
         frame_time=None if cfg.INPUT.FRAME_TIME < 0 else cfg.INPUT.FRAME_TIME,
         sample_rate=cfg.INPUT.AUDIO.SAMPLE_RATE,
         workers=cfg.DATALOADER.PREPARE_WORKERS,
     )
-    logger.info("prepared clips in %s: %s", source.prepared_dir, summary)
     return source
+
+
+@contextlib.contextmanager
+def prepared_once(cfg: CfgNode) -> Iterator[DataSource]:
+    """ensure_prepared(cfg); inside the block, ensure_prepared of the same source does nothing.
+
+    For several stages run in one process, each of which prepares its data itself (stage 1 does):
+    the set is prepared and its summary logged once. Nothing else may write the prepared folder
+    inside the block.
+    """
+    source = ensure_prepared(cfg)
+    added = source not in _PREPARED
+    _PREPARED.add(source)
+    try:
+        yield source
+    finally:
+        if added:
+            _PREPARED.discard(source)

@@ -1,10 +1,14 @@
 """Decode one frame and the audio of a clip with PyAV: the single entry point to video files.
 
-Times are seconds from the start of the presentation (pts * time_base). The frame "at time t" is
-the one on screen at t: the last frame whose pts <= t. The default frame is the one in the middle
-of the video stream (duration / 2), the same definition the toy-set generator annotates (frame
-N // 2 of an N-frame clip at constant fps). Audio is resampled to one rate and downmixed to mono
-as the mean of its channels, so a signal present in every channel keeps its amplitude.
+Times are seconds on the file's presentation timeline (pts * time_base), the same for video and
+audio, so a frame and the audio around it stay aligned however the streams are offset. The video
+stream spans [start, start + duration): `start` is its first frame's timestamp, which need not be
+0 (cut files, edit lists, video that begins after the audio), and `duration` is the length of the
+span up to the end of its last frame. The frame "at time t" is the one on screen at t: the last
+frame whose pts <= t (the first frame for a t before it). The default frame is the one in the
+middle of the span (start + duration / 2), the same definition the toy-set generator annotates
+(frame N // 2 of an N-frame clip at constant fps). Audio is resampled to one rate and downmixed to
+mono as the mean of its channels, so a signal present in every channel keeps its amplitude.
 """
 
 from __future__ import annotations
@@ -39,13 +43,15 @@ class Clip:
     """One decoded clip: the chosen frame and the audio around it.
 
     frame: [H, W, 3] uint8 RGB; audio: [T] float32 mono in [-1, 1] at `sample_rate`;
-    frame_time: the frame's own timestamp in seconds; duration: of the video stream, seconds.
+    frame_time: the frame's own timestamp in seconds; start, duration: the video stream's span
+    in seconds (its first frame's timestamp, and the length from there to its end).
     """
 
     frame: np.ndarray
     frame_time: float
     audio: np.ndarray
     sample_rate: int
+    start: float
     duration: float
     width: int
     height: int
@@ -58,7 +64,7 @@ def read_frame(path: str | os.PathLike, time: float | None = None) -> tuple[np.n
     """
     with _open(path) as container:
         vstream = _video_stream(container, path)
-        target = _target_time(time, _stream_duration(container, vstream, path), path)
+        target = _target_time(time, _stream_span(container, vstream, path), path)
         return _decode_frame(container, vstream, path, target)
 
 
@@ -94,9 +100,9 @@ def read_clip(
     with _open(path) as container:
         vstream = _video_stream(container, path)
         astream = _audio_stream(container, path)
-        duration = _stream_duration(container, vstream, path)
+        span = _stream_span(container, vstream, path)
         frame, actual_time = _decode_frame(
-            container, vstream, path, _target_time(frame_time, duration, path)
+            container, vstream, path, _target_time(frame_time, span, path)
         )
         if audio_seconds is None:
             start, window = 0.0, None
@@ -108,7 +114,8 @@ def read_clip(
             frame_time=actual_time,
             audio=audio,
             sample_rate=sample_rate,
-            duration=float(duration),
+            start=float(span[0]),
+            duration=float(span[1] - span[0]),
             width=frame.shape[1],
             height=frame.shape[0],
         )
@@ -160,37 +167,47 @@ def _ffmpeg_message(exc: av.error.FFmpegError) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def _stream_duration(
+def _stream_span(
     container: av.container.InputContainer, vstream, path: str | os.PathLike
-) -> Fraction:
-    """Video stream duration in seconds: the later of the stream header's duration and the end
-    of its last frame (max pts + duration over its packets), else the container's duration.
+) -> tuple[Fraction, Fraction]:
+    """(start, end) of the video stream in seconds: its first frame's timestamp, and the later of
+    start + the header's duration and the end of its last frame (max pts + duration over its
+    packets); without either, the container's duration from `start`.
 
-    The two agree for well-formed constant-rate files; the packet scan (demuxing only, no
+    The two ends agree for well-formed constant-rate files; the packet scan (demuxing only, no
     decoding) covers headers that lack a duration (Matroska) or only span the decode order
-    (variable frame rate with B-frames).
+    (variable frame rate with B-frames). Packets an edit list cuts away (flagged discard: decoded
+    only as references, never shown) are not part of the span.
     """
-    header = vstream.duration * vstream.time_base if vstream.duration else Fraction(0)
-    end = None
+    time_base = vstream.time_base
+    first = end = None
     try:
         for packet in container.demux(vstream):
-            if packet.pts is not None:
+            if packet.pts is not None and not packet.is_discard:
                 packet_end = packet.pts + (packet.duration or 0)
+                first = packet.pts if first is None else min(first, packet.pts)
                 end = packet_end if end is None else max(end, packet_end)
     except av.error.FFmpegError as exc:
         raise ClipReadError(path, f"undecodable video ({_ffmpeg_message(exc)})") from exc
+    if first is None:
+        first = vstream.start_time or 0
+    start = first * time_base
+    header = vstream.duration * time_base if vstream.duration else Fraction(0)
     if end is None and not header:
-        return Fraction(container.duration or 0, av.time_base)
-    return max(header, (end or 0) * vstream.time_base)
+        return start, start + Fraction(container.duration or 0, av.time_base)
+    return start, max(start + header, (end or 0) * time_base)
 
 
-def _target_time(time: float | None, duration: Fraction, path: str | os.PathLike) -> Fraction:
-    """The requested time, or the middle of the video stream for None or a negative time."""
+def _target_time(
+    time: float | None, span: tuple[Fraction, Fraction], path: str | os.PathLike
+) -> Fraction:
+    """The requested time, or the middle of the video stream's span for None or a negative time."""
+    start, end = span
     if time is None or time < 0:
-        return duration / 2
-    if duration and time > duration:
+        return (start + end) / 2
+    if end > start and time > end:
         raise ClipReadError(
-            path, f"frame time {time:.3f} s is past the end of the video ({float(duration):.3f} s)"
+            path, f"frame time {time:.3f} s is past the end of the video ({float(end):.3f} s)"
         )
     return Fraction(time)
 

@@ -11,6 +11,8 @@ import av
 import numpy as np
 
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+# Encoders that reject odd frame sizes in yuv420p (mpeg4 and VP9, for example, take them).
+_EVEN_SIZE_CODECS = ("libx264", "libx265")
 
 
 def write_av_clip(
@@ -28,8 +30,10 @@ def write_av_clip(
     """Encode `frames` ([H, W, 3] uint8 RGB each) and `audio` ([C, T] or [T] float in [-1, 1]).
 
     Either stream may be None (a video-only or audio-only file). `frame_times` (seconds, one per
-    frame, increasing) gives a variable frame rate; otherwise frames are spaced at 1 / fps.
-    H and W are made even where the codec needs it (yuv420p), by padding one row/column.
+    frame, increasing) gives a variable frame rate, and a first time after 0 a video stream that
+    starts late (the audio still starts at 0); otherwise frames are spaced at 1 / fps from 0.
+    H and W are made even where the codec needs it (x264/x265 in yuv420p), by padding one
+    row/column; other codecs keep odd sizes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,9 +41,12 @@ def write_av_clip(
     with av.open(str(path), "w") as container:
         vstream = astream = None
         if frames:
+            even = video_codec in _EVEN_SIZE_CODECS
             height, width = frames[0].shape[:2]
+            if even:
+                height, width = height + height % 2, width + width % 2
             vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001))
-            vstream.width, vstream.height = width + width % 2, height + height % 2
+            vstream.width, vstream.height = width, height
             vstream.pix_fmt = "yuv420p"
             if video_codec == "libx264":
                 # one encoder thread: x264 output then depends on the input alone (reproducible files)
@@ -56,7 +63,9 @@ def write_av_clip(
         if vstream is not None:
             times = list(frame_times) if frame_times is not None else None
             for i, rgb in enumerate(frames):
-                rgb = _pad_even(np.ascontiguousarray(rgb, dtype=np.uint8))
+                rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+                if even:
+                    rgb = _pad_even(rgb)
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 if times is not None:
                     frame.pts = round(times[i] * 1000)

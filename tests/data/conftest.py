@@ -51,7 +51,8 @@ def av_helpers() -> SimpleNamespace:
 @pytest.fixture
 def make_clip(tmp_path: Path):
     """make_clip(name, n_frames=25, fps=25, size=(48, 64), freq=440., sample_rate=16000,
-    channels=1, audio=True, video=True, frame_times=None) -> Path of a real mp4 in tmp_path."""
+    channels=1, audio=True, video=True, frame_times=None, seconds=None, video_codec="libx264")
+    -> Path of a real mp4 in tmp_path."""
 
     def make(
         name: str,
@@ -66,6 +67,7 @@ def make_clip(tmp_path: Path):
         video: bool = True,
         frame_times: list[float] | None = None,
         seconds: float | None = None,
+        video_codec: str = "libx264",
     ) -> Path:
         frames = [np.full((*size, 3), frame_colour(i), np.uint8) for i in range(n_frames)]
         seconds = seconds if seconds is not None else n_frames / fps
@@ -77,6 +79,7 @@ def make_clip(tmp_path: Path):
             fps=fps,
             sample_rate=sample_rate,
             frame_times=frame_times,
+            video_codec=video_codec,
         )
 
     return make

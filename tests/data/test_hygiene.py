@@ -216,6 +216,18 @@ def test_a_killed_run_resumes_and_a_rerun_measures_nothing(tmp_path, monkeypatch
     assert changed["still"] == [_name("b")]
 
 
+def test_a_video_that_starts_late_is_measured_over_its_own_span(tmp_path, monkeypatch):
+    # Video from 1.0 s to 2.0 s, audio from 0: the duration is the video's length (1.0 s, not its
+    # end time) and the K frames lie at (i + 0.5) / K of [1.0, 2.0].
+    times = [1.0 + i / FPS for i in range(FPS)]
+    path = _write(tmp_path / "late.mp4", _panning(1, FPS), _sound(1, 2.0), frame_times=times)
+    read_frame, asked = hygiene.read_frame, []
+    monkeypatch.setattr(hygiene, "read_frame", lambda p, t: asked.append(t) or read_frame(p, t))
+    row = hygiene.measure_clip(path, frames_per_clip=4)
+    assert row["duration"] == pytest.approx(1.0)
+    assert asked == pytest.approx([1.125, 1.375, 1.625, 1.875])
+
+
 def _load_cli():
     spec = importlib.util.spec_from_file_location("check_clips", ROOT / "datasets/check_clips.py")
     module = importlib.util.module_from_spec(spec)

@@ -16,6 +16,7 @@ from avdet.data.prepare import (
     load_manifest,
     load_wav,
     prepare_clips,
+    prepared_counts,
     read_exclude_report,
     rms_dbfs,
     save_wav,
@@ -33,6 +34,8 @@ GOOD = {
     "onepixel": ({"size": (1, 1), "n_frames": 5, "seconds": 1.0}, (2, 2)),
     "wide": ({"size": (20, 4000), "n_frames": 5, "seconds": 1.0}, (20, 4000)),
     "vfr": ({"n_frames": 4, "frame_times": [0.0, 0.3, 0.4, 0.95], "seconds": 1.0}, (48, 64)),
+    # video from 0.5 s (audio from 0): the middle of its span is ~0.75 s
+    "late": ({"n_frames": 5, "frame_times": [0.5, 0.6, 0.7, 0.8, 0.9], "seconds": 1.0}, (48, 64)),
 }
 BAD = {
     "truncated": "not a readable media file",
@@ -98,7 +101,9 @@ def test_prepare_good_and_bad_clips(dataset, av_helpers, capsys):
         frame = np.asarray(Image.open(out / entry["frame"]))
         assert frame.shape == (height, width, 3)
         times = kwargs.get("frame_times") or [i / 25 for i in range(kwargs.get("n_frames", 25))]
-        shown = max(i for i, t in enumerate(times) if t <= entry["duration"] / 2 + 1e-6)
+        assert entry["video_start"] == pytest.approx(times[0], abs=1e-3)
+        middle = entry["video_start"] + entry["duration"] / 2
+        shown = max(i for i, t in enumerate(times) if t <= middle + 1e-6)
         assert entry["frame_time"] == pytest.approx(times[shown], abs=1e-3)
         np.testing.assert_allclose(
             frame.reshape(-1, 3).mean(0), av_helpers.frame_colour(shown), atol=4
@@ -145,6 +150,12 @@ def test_second_run_redoes_nothing_and_a_killed_run_resumes(dataset):
     assert (again.done, again.failed, again.skipped_existing) == (0, 0, len(records))
     assert (out / "manifest.jsonl").read_text() == manifest_text
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
+    # The folder's counts cover every run, where this run's summary says "failed now: 0".
+    assert prepared_counts(out) == {
+        "prepared": len(GOOD),
+        "failed": len(BAD),
+        "failed_by_reason": first.failed_by_reason,
+    }
 
     # A run killed mid-write: a torn last manifest line and a stray temp file; also a wav lost.
     lines = manifest_text.splitlines(keepends=True)

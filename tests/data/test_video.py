@@ -22,6 +22,8 @@ def test_middle_frame_is_frame_n_over_2(make_clip, av_helpers, n_frames):
     assert frame.shape == (48, 64, 3) and frame.dtype == np.uint8
     assert av_helpers.frame_index(frame) == n_frames // 2
     assert time == pytest.approx((n_frames // 2) / 25)
+    clip = read_clip(path)
+    assert (clip.start, clip.duration) == (0.0, n_frames / 25)
     np.testing.assert_allclose(
         frame.reshape(-1, 3).mean(0), av_helpers.frame_colour(n_frames // 2), atol=3
     )
@@ -51,7 +53,7 @@ def test_variable_frame_rate(make_clip, av_helpers):
     # The mp4 header of this B-frame VFR stream only spans the decode order (~1.09 s); the
     # duration must cover the last frame, and the middle frame is the one shown at duration / 2.
     clip = read_clip(path)
-    assert clip.duration > 1.7
+    assert clip.start == 0.0 and clip.duration > 1.7
     expected = max(i for i, t in enumerate(times) if t <= clip.duration / 2)
     assert av_helpers.frame_index(clip.frame) == expected
     for query, index in [(0.12, 1), (0.6, 3), (0.99, 4), (1.69, 5), (1.71, 6)]:
@@ -60,12 +62,60 @@ def test_variable_frame_rate(make_clip, av_helpers):
         assert actual == pytest.approx(times[index], abs=1e-3)
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_middle_frame_of_a_video_stream_that_starts_late(make_clip, av_helpers, suffix):
+    # Video from 1.0 s to 2.0 s (25 frames at 25 fps), audio from 0 to 2.5 s: the middle of the
+    # video's span is 1.5 s (frame 12), not half its end time (1.0 s, frame 0).
+    times = [1.0 + i / 25 for i in range(25)]
+    path = make_clip(f"late{suffix}", frame_times=times, seconds=2.5)
+    frame, time = read_frame(path)
+    assert av_helpers.frame_index(frame) == 12 and time == pytest.approx(1.48)
+    clip = read_clip(path, audio_seconds=1.0)
+    assert av_helpers.frame_index(clip.frame) == 12 and clip.frame_time == pytest.approx(1.48)
+    assert clip.start == pytest.approx(1.0) and clip.duration == pytest.approx(1.0)
+    # The audio window is centred on the frame's timestamp on the file's timeline.
+    np.testing.assert_allclose(clip.audio, read_audio(path, start=0.98, duration=1.0), atol=1e-6)
+    assert av_helpers.frame_index(read_frame(path, 0.5)[0]) == 0  # before the first frame
+    assert av_helpers.frame_index(read_frame(path, 2.0)[0]) == 24
+    with pytest.raises(ClipReadError, match=r"past the end of the video \(2\.000 s\)"):
+        read_frame(path, 2.1)
+
+
+def test_middle_frame_of_a_file_cut_by_an_edit_list(make_clip, av_helpers, tmp_path):
+    # Shifting every packet 0.4 s earlier makes the mp4 muxer write an edit list that hides
+    # frames 0-9: the demuxer still returns their packets (flagged discard, for decoding the
+    # rest) but no frame of them is shown. The span is frames 10-24: middle frame 17.
+    src = make_clip("whole.mp4", n_frames=25, audio=False)
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(src)) as inp, av.open(str(cut), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(video=0):
+            if packet.dts is not None:
+                shift = round(0.4 / packet.time_base)
+                packet.pts, packet.dts, packet.stream = (
+                    packet.pts - shift,
+                    packet.dts - shift,
+                    stream,
+                )
+                out.mux(packet)
+    frame, time = read_frame(cut)
+    assert av_helpers.frame_index(frame) == 17 and time == pytest.approx(0.28)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (20, 4000), (33, 17)])
 def test_odd_resolutions_decode_with_their_colour(make_clip, av_helpers, size):
     path = make_clip("odd.mp4", n_frames=5, size=size)
     frame, _ = read_frame(path)
     # x264 needs even sizes: the writer pads one row/column, which the file then has.
     assert frame.shape == (size[0] + size[0] % 2, size[1] + size[1] % 2, 3)
+    np.testing.assert_allclose(frame.reshape(-1, 3).mean(0), av_helpers.frame_colour(2), atol=4)
+
+
+@pytest.mark.parametrize("size", [(33, 17), (141, 250)])
+def test_odd_resolutions_stay_odd_with_a_codec_that_takes_them(make_clip, av_helpers, size):
+    path = make_clip("odd.mp4", n_frames=5, size=size, video_codec="mpeg4")
+    frame, _ = read_frame(path)
+    assert frame.shape == (*size, 3)
     np.testing.assert_allclose(frame.reshape(-1, 3).mean(0), av_helpers.frame_colour(2), atol=4)
 
 
@@ -108,7 +158,8 @@ def test_read_clip_centres_audio_on_the_frame(tmp_path, av_helpers):
     frames = [np.full((32, 32, 3), av_helpers.frame_colour(i), np.uint8) for i in range(20)]
     path = write_av_clip(tmp_path / "c.mp4", frames, np.concatenate([low, high], 1), fps=5)
     clip = read_clip(path, audio_seconds=2.0)
-    assert (clip.width, clip.height, clip.duration, clip.sample_rate) == (32, 32, 4.0, 16000)
+    assert (clip.width, clip.height, clip.start, clip.duration) == (32, 32, 0.0, 4.0)
+    assert clip.sample_rate == 16000
     assert clip.frame_time == pytest.approx(2.0) and av_helpers.frame_index(clip.frame) == 10
     assert len(clip.audio) == 32000
     first, second = clip.audio[1000:14000], clip.audio[18000:31000]

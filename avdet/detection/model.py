@@ -181,7 +181,9 @@ def build_detector(
         cfg.INPUT.MIN_SIZE_TEST,
         cfg.INPUT.MAX_SIZE_TEST,
     )
-    return model
+    # Channels-last convolutions: a training step of the toy config is about 5% faster on CPU
+    # (docs/benchmarks.md); the same results up to float rounding.
+    return model.to(memory_format=torch.channels_last)
 
 
 def _load_backbone(body: nn.Module, name: str, path: str | os.PathLike) -> None:

@@ -237,4 +237,6 @@ def build_av_model(cfg: CfgNode) -> AVModel:
     model = AVModel.from_config(cfg)
     if cfg.MODEL.VISUAL.WEIGHTS:
         load_resnet_weights(model.visual.trunk, cfg.MODEL.VISUAL.WEIGHTS)
-    return model
+    # Channels-last convolutions: a training step of the toy config is about 20% faster on CPU
+    # (docs/benchmarks.md); the same results up to float rounding.
+    return model.to(memory_format=torch.channels_last)

@@ -201,11 +201,12 @@ class Pipeline:
     def run(self) -> dict:
         """Prepare the clips, run every stage, write report.json and report.md.
 
-        The clips are prepared once: inside `prepared_once` the stages' own ensure_prepared
-        (stage 1 calls it) neither reads the CSV again nor logs the summary again.
+        The clips are prepared once, with stage 1's config: its INPUT.FRAME_TIME and audio rate
+        are what stage 1 reads the prepared files with. Inside `prepared_once` the stages' own
+        ensure_prepared (stage 1 calls it) neither reads the CSV again nor logs it again.
         """
         start = time.perf_counter()
-        with prepared_once(self.cfg) as source:
+        with prepared_once(self.av_config()) as source:
             self.run_stages(source)
         self.report["wall_seconds"] = time.perf_counter() - start
         summary = self.summary()

@@ -108,11 +108,14 @@ def test_a_run_prepares_the_clips_once(tmp_path, monkeypatch):
             "DATASETS.ANNOTATION_DIR", str(tmp_path / "gt"),
             "DATALOADER.PREPARE_WORKERS", "1",
             "PIPELINE.LABEL_SWEEP", "(1,)",
+            "PIPELINE.AV_OPTS", "('INPUT.AUDIO.SAMPLE_RATE', '8000')",
         ],
     )  # fmt: skip
     calls, prepare_clips = [], prepare.prepare_clips
     monkeypatch.setattr(
-        prepare, "prepare_clips", lambda *a, **k: calls.append(a[1]) or prepare_clips(*a, **k)
+        prepare,
+        "prepare_clips",
+        lambda *a, **k: calls.append((a[1], k["sample_rate"])) or prepare_clips(*a, **k),
     )
 
     def stage_1(stage_cfg, args):
@@ -123,5 +126,6 @@ def test_a_run_prepares_the_clips_once(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "default_setup", lambda stage_cfg: None)  # no log files
     with pytest.raises(_Stop):
         Pipeline(cfg, CONFIG).run()
-    assert calls == [tmp_path / "run" / "prepared"]
+    # once, at the audio rate stage 1 reads the wavs with (its config's, not the pipeline's)
+    assert calls == [(tmp_path / "run" / "prepared", 8000)]
     assert (tmp_path / "run" / "gt" / "instances_test.json").is_file()

@@ -206,16 +206,17 @@ class Pipeline:
         ensure_prepared (stage 1 calls it) neither reads the CSV again nor logs it again.
         """
         start = time.perf_counter()
-        with prepared_once(self.av_config()) as source:
-            self.run_stages(source)
+        av_cfg = self.av_config()
+        with prepared_once(av_cfg) as source:
+            self.run_stages(source, av_cfg)
         self.report["wall_seconds"] = time.perf_counter() - start
         summary = self.summary()
         atomic_write_json(self.out / "report.json", summary, indent=2)
         atomic_write_text(self.out / "report.md", report_markdown(summary))
         return summary
 
-    def run_stages(self, source: DataSource) -> None:
-        """Stage 1, the pseudo-boxes, the detector and the baselines, on the prepared `source`."""
+    def run_stages(self, source: DataSource, av_cfg: CfgNode) -> None:
+        """Stage 1 (`av_cfg`), the pseudo-boxes, the detector and the baselines, on `source`."""
         # Counted from the folder, so a rerun that prepares nothing still reports them.
         self.report["prepare"] = {
             **prepared_counts(source.prepared_dir),
@@ -223,7 +224,6 @@ class Pipeline:
         }
         manifest = load_manifest(source.prepared_dir)
         gt = self.ground_truth(source, manifest)
-        av_cfg = self.av_config()
         default_setup(av_cfg)
         self.report["av"] = get_task("av")(av_cfg, argparse.Namespace(resume=True, eval_only=False))
         pseudo_path = self.out / "pseudo" / PSEUDO_JSON

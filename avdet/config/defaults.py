@@ -207,6 +207,14 @@ _C.TEST.CIOU_FIXED_VALUE = 0.5
 # resize (kept for cIoU and AUC, and reported as pointing_corner_aligned) stretches a coarse map
 # by up to s - 1 pixels (avdet/evaluation/localization.py). False: the protocol's resize only.
 _C.TEST.POINTING_ON_INPUT = True
+# Heatmap test-time augmentation (stage-1 evaluation and pseudo-boxes): each heatmap is
+# the mean of the maps of the frame resized by each of SCALES (of INPUT.FRAME_SIZE) and, with
+# FLIP, of their mirror images, each sampled where the base map's cells look
+# (avdet/models/heatmap_aug.py). Cluster ids are those of the frame as it is.
+_C.TEST.HEATMAP_AUG = CfgNode()
+_C.TEST.HEATMAP_AUG.ENABLED = False
+_C.TEST.HEATMAP_AUG.SCALES = (1.0,)
+_C.TEST.HEATMAP_AUG.FLIP = True
 # Heatmap overlays drawn into OUTPUT_DIR/inference/.
 _C.TEST.NUM_VIS = 16
 

@@ -15,7 +15,7 @@ from avdet.data.av_dataset import AVClipDataset, load_rgb
 from avdet.data.sources import DataSource
 from avdet.evaluation.clustering import cluster_metrics
 from avdet.evaluation.localization import evaluate_localization, load_vggss_annotations
-from avdet.models.av_inference import AVPredictions, predict_av
+from avdet.models.av_inference import AVPredictions, heatmap_aug_args, predict_av
 from avdet.models.av_model import AVModel
 from avdet.utils.io import atomic_write_json
 from avdet.utils.visualize import caption, draw_boxes, image_grid, overlay_heatmap, save_png
@@ -27,10 +27,21 @@ def evaluate_av(cfg: CfgNode, model: AVModel, source: DataSource, output_dir: st
     """Localisation (when VGG-SS boxes exist) and clustering metrics on DATASETS.TEST."""
     splits = list(cfg.DATASETS.TEST)
     dataset = AVClipDataset(cfg, source.prepared_dir, splits, train=False)
+    aug = heatmap_aug_args(cfg)
     preds = predict_av(
-        model, dataset, batch_size=cfg.TEST.IMS_PER_BATCH, num_workers=cfg.DATALOADER.NUM_WORKERS
+        model,
+        dataset,
+        batch_size=cfg.TEST.IMS_PER_BATCH,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        **aug,
     )
-    results: dict = {"splits": splits, "num_clips": len(dataset)}
+    results: dict = {
+        "splits": splits,
+        "num_clips": len(dataset),
+        "heatmap_aug": {"scales": list(aug["aug_scales"]), "flip": aug["aug_flip"]}
+        if aug
+        else None,
+    }
     boxes = _vggss_boxes(source, splits)
     records = dataset.records
     keyed = [(i, boxes.get(Path(r["video"]).stem)) for i, r in enumerate(records)]

@@ -5,6 +5,7 @@ Stage-1 evaluation, pseudo-boxes (stage 2) and clustering-only mode all consume 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,14 +13,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from avdet.config import CfgNode
 from avdet.models.av_model import AVModel, heatmaps, pool_heatmap
+from avdet.models.heatmap_aug import augmented_heatmaps
 
 
 @dataclass
 class AVPredictions:
     """Per clip, in dataset order: N clips, heatmaps of the visual map's size h x w."""
 
-    heatmaps: np.ndarray  # [N, h, w] float32 cosine similarities
+    heatmaps: np.ndarray  # [N, h, w] float32 cosine similarities (the views' mean when augmented)
     scores: np.ndarray  # [N] pair score (pooled heatmap)
     clusters: np.ndarray  # [N] int64, argmax of softmax(g_v) + softmax(g_a) of one head
     confidence: np.ndarray  # [N] mean of the two modalities' probabilities of that cluster
@@ -34,10 +37,15 @@ def predict_av(
     num_workers: int = 0,
     head: int | None = None,
     progress: bool = True,
+    aug_scales: Sequence[float] = (),
+    aug_flip: bool = False,
 ) -> AVPredictions:
     """Evaluate `model` (in eval mode) on every item of `dataset` (an AVClipDataset).
 
     Cluster ids come from `head`, by default the model's `cluster_head` (chosen in training).
+    With `aug_scales`, each heatmap is the mean over the frame at those scales and, with
+    `aug_flip`, their mirror images (`avdet.models.heatmap_aug`); cluster ids and the audio
+    embedding come from the frame as it is.
     """
     device = next(model.parameters()).device
     head = int(model.cluster_head) if head is None else head
@@ -46,8 +54,11 @@ def predict_av(
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     maps, scores, clusters, confidence, clip_ids = [], [], [], [], []
     for batch in tqdm(loader, desc="AV inference", disable=not progress, leave=False):
-        out = model(batch["frame"].to(device), batch["audio"].to(device))
+        frames = batch["frame"].to(device)
+        out = model(frames, batch["audio"].to(device))
         h = heatmaps(out.visual_map, out.audio_embedding).float()
+        if aug_scales:
+            h = augmented_heatmaps(model, frames, out.audio_embedding, h, aug_scales, aug_flip)
         maps.append(h.cpu())
         scores.append(pool_heatmap(h, model.pooling, model.topk_fraction).cpu())
         probs = 0.5 * (
@@ -66,3 +77,16 @@ def predict_av(
         confidence=torch.cat(confidence).numpy(),
         clip_ids=clip_ids,
     )
+
+
+def heatmap_aug_args(cfg: CfgNode) -> dict:
+    """predict_av's augmentation arguments from TEST.HEATMAP_AUG (none when it is disabled)."""
+    aug = cfg.TEST.HEATMAP_AUG
+    if not aug.ENABLED:
+        return {}
+    scales = tuple(float(s) for s in aug.SCALES)
+    if not scales or min(scales) <= 0:
+        raise ValueError(
+            f"TEST.HEATMAP_AUG.SCALES must be one or more positive scales; got {list(aug.SCALES)}"
+        )
+    return {"aug_scales": scales, "aug_flip": bool(aug.FLIP)}

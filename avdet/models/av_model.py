@@ -198,6 +198,11 @@ class AVModel(nn.Module):
         with torch.autocast(audio.device.type, enabled=False):
             return self.spectrogram(audio.float()).unsqueeze(1)
 
+    def embed_frames(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames [B, 3, H, W] -> trunk features [B, C, h, w] and the L2-normalised map [B, D, h, w]."""
+        features, visual_map = self.visual(frames)
+        return features, F.normalize(visual_map, dim=1)
+
     def pool_visual(
         self, features: torch.Tensor, visual_map: torch.Tensor, audio_embedding: torch.Tensor
     ) -> torch.Tensor:
@@ -219,9 +224,8 @@ class AVModel(nn.Module):
     def forward(self, frames: torch.Tensor, audio: torch.Tensor) -> AVOutput:
         """frames [B, 3, H, W], audio [B, T] waveforms (or [B, 1, F, T] spectrograms) -> AVOutput."""
         spectrograms = self.audio_input(audio)
-        visual_features, visual_map = self.visual(frames)
+        visual_features, visual_map = self.embed_frames(frames)
         audio_features, audio_embedding = self.audio(spectrograms)
-        visual_map = F.normalize(visual_map, dim=1)
         audio_embedding = F.normalize(audio_embedding, dim=1)
         pooled_visual = self.pool_visual(visual_features, visual_map, audio_embedding)
         return AVOutput(

@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from avdet.config import load_config
+from avdet.data.av_dataset import AVClipDataset
+from avdet.data.sources import resolve_source
 from avdet.engine.defaults import default_setup
 from avdet.engine.tasks import get_task
-from avdet.models.av_task import AVLoss
+from avdet.models.av_inference import heatmap_aug_args, predict_av
+from avdet.models.av_task import AVLoss, load_av_model
 from avdet.utils.io import read_jsonl
 
 TINY_MODEL = [
@@ -102,6 +106,28 @@ def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
     )  # fmt: skip
     for key in ("ciou50", "pointing", "nmi", "accuracy"):
         assert again[key] == pytest.approx(trained[key]), key
+
+
+def test_heatmap_augmentation_changes_the_maps_and_not_the_clusters(toy_cfg, tmp_path):
+    plain = run_av(toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL))
+    weights = ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
+    aug = ["TEST.HEATMAP_AUG.ENABLED", "True", "TEST.HEATMAP_AUG.SCALES", "(0.75, 1.0, 1.5)"]
+    cfg = toy_cfg(tmp_path / "aug", "TASK", "av", *TINY_MODEL, *weights, *aug)
+    augmented = run_av(cfg, eval_only=True)
+    assert plain["heatmap_aug"] is None
+    assert augmented["heatmap_aug"] == {"scales": [0.75, 1.0, 1.5], "flip": True}
+    for key in ("nmi", "accuracy", "num_images"):
+        assert augmented[key] == plain[key], key
+
+    model = load_av_model(cfg)
+    dataset = AVClipDataset(cfg, resolve_source(cfg).prepared_dir, ["test"], train=False)
+    base = predict_av(model, dataset, progress=False)
+    views = predict_av(model, dataset, progress=False, **heatmap_aug_args(cfg))
+    only_base = predict_av(model, dataset, progress=False, aug_scales=(1.0,), aug_flip=False)
+    assert views.heatmaps.shape == base.heatmaps.shape
+    assert not np.allclose(views.heatmaps, base.heatmaps, atol=1e-3)
+    np.testing.assert_allclose(only_base.heatmaps, base.heatmaps, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(views.clusters, base.clusters)
 
 
 class _StubLabeller:

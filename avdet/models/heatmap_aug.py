@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from avdet.models.av_model import AVModel, heatmaps
 
 
-def _axis_grid(base_input: int, base_cells: int, view_input: int, view_cells: int, flip: bool):
+def _axis_grid(
+    base_input: int, base_cells: int, view_input: int, view_cells: int, flip: bool
+) -> torch.Tensor:
     """Where each base cell's centre lies in a view's map, as grid_sample coordinates in [-1, 1].
 
     Base cell a is centred on base pixel a * N / n. The view is the base resized to N' pixels

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when a measurement changes meaning: cached rows of another version are recomputed.
 # 2: duration and frame times span the video stream from its first frame, not from time 0.
-MEASURE_VERSION = 2
+# 3: frames are hashed as displayed (display rotation applied, pixels made square).
+MEASURE_VERSION = 3
 FLAG_KEYS = ("still", "silent", "short", "unreadable")
 # Default thresholds (docs/data_hygiene.md says how they were chosen).
 MIN_RMS_DBFS = -60.0  # quieter audio is `silent` (the same default as prepare_clips)

@@ -9,6 +9,10 @@ frame whose pts <= t (the first frame for a t before it). The default frame is t
 middle of the span (start + duration / 2), the same definition the toy-set generator annotates
 (frame N // 2 of an N-frame clip at constant fps). Audio is resampled to one rate and downmixed to
 mono as the mean of its channels, so a signal present in every channel keeps its amplitude.
+
+Frames come as a player shows them: turned by the stream's display rotation (phone videos store
+a portrait frame as landscape plus a rotation) and stretched to square pixels when the sample
+aspect ratio is not 1 (anamorphic and DV video). Boxes drawn on the displayed frame then fit it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 # Slack when comparing timestamps given as floats with exact pts (much less than one frame).
@@ -246,7 +251,27 @@ def _decode_frame(
                 f"truncated: video ends at {float(end):.3f} s, before the requested frame at "
                 f"{float(target):.3f} s",
             )
-    return chosen.to_ndarray(format="rgb24"), float(chosen.pts * time_base)
+    return _as_displayed(chosen, vstream), float(chosen.pts * time_base)
+
+
+def _as_displayed(frame: av.VideoFrame, vstream) -> np.ndarray:
+    """The frame's RGB pixels with square pixels and the display rotation applied.
+
+    The sample aspect ratio (pixel width / height) stretches the width, as ffmpeg's players do;
+    `frame.rotation` is the angle (degrees, counter-clockwise) the display matrix turns the coded
+    frame by, applied in quarter turns.
+    """
+    rgb = frame.to_ndarray(format="rgb24")
+    aspect = vstream.sample_aspect_ratio
+    if aspect and aspect != 1:
+        height, width = rgb.shape[:2]
+        display_width = max(1, round(width * aspect))
+        if display_width != width:
+            shrink = display_width < width
+            interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (display_width, height), interpolation=interpolation)
+    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
 def _decode_audio(

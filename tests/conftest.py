@@ -1,11 +1,14 @@
 """Fixtures shared across test folders: a tiny toy-av set (generated once per session and
-prepared), and caplog for the avdet loggers."""
+prepared), caplog for the avdet loggers, and a writer of rotated / anamorphic test videos."""
 
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from avdet.config import CfgNode, load_config
@@ -51,3 +54,29 @@ def tiny_toy_cfg(root: Path, output_dir: Path, *opts: str) -> CfgNode:
             *opts,
         ],
     )  # fmt: skip
+
+
+@pytest.fixture
+def marked_video():
+    """`marked_video(path, rotation=0, aspect=1, frames=3)`: see `write_marked_video`."""
+    return write_marked_video
+
+
+def write_marked_video(
+    path: Path, rotation: int = 0, aspect: Fraction = Fraction(1), frames: int = 3
+) -> Path:
+    """A 64x32 h264 clip, white 8x8 square in the top-left corner of the coded frame, stored with
+    a display rotation (degrees counter-clockwise) and a sample aspect ratio."""
+    image = np.zeros((32, 64, 3), np.uint8)
+    image[:8, :8] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = aspect
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    return path

@@ -251,11 +251,12 @@ def _decode_frame(
                 f"truncated: video ends at {float(end):.3f} s, before the requested frame at "
                 f"{float(target):.3f} s",
             )
-    return _as_displayed(chosen, vstream), float(chosen.pts * time_base)
+    return displayed_rgb(chosen, vstream), float(chosen.pts * time_base)
 
 
-def _as_displayed(frame: av.VideoFrame, vstream) -> np.ndarray:
-    """The frame's RGB pixels with square pixels and the display rotation applied.
+def displayed_rgb(frame: av.VideoFrame, vstream) -> np.ndarray:
+    """The frame's RGB pixels with square pixels and the display rotation applied, as a player
+    shows them (also for tools that decode every frame, such as the detector demo).
 
     The sample aspect ratio (pixel width / height) stretches the width, as ffmpeg's players do;
     `frame.rotation` is the angle (degrees, counter-clockwise) the display matrix turns the coded

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from avdet.data.av_dataset import load_rgb
+from avdet.data.video import displayed_rgb
 from avdet.data.writer import write_av_clip
 from avdet.detection.dataset import CategoryMap
 from avdet.utils.visualize import draw_detections, save_png
@@ -91,7 +92,7 @@ def annotate_video(
         fps = stream.average_rate or 25
         frames = [
             draw_detections(rgb, detect(model, rgb, categories, mapping), names, min_score)
-            for rgb in (f.to_ndarray(format="rgb24") for f in container.decode(stream))
+            for rgb in (displayed_rgb(f, stream) for f in container.decode(stream))
         ]
     return write_av_clip(output, frames, None, fps=fps)
 

@@ -231,23 +231,6 @@ def test_truncated_video_and_past_the_end(make_clip, tmp_path):
     assert read_audio(make_clip("audioonly.mp4", video=False)).size > 0
 
 
-def _marked_video(path: Path, rotation: int = 0, aspect: Fraction = Fraction(1)) -> Path:
-    """A 64x32 h264 clip, white 8x8 square in the top-left corner of the coded frame, stored with
-    a display rotation (degrees counter-clockwise) and a sample aspect ratio."""
-    image = np.zeros((32, 64, 3), np.uint8)
-    image[:8, :8] = 255
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
-        stream.codec_context.sample_aspect_ratio = aspect
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for _ in range(3):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        out.mux(stream.encode())
-    return path
-
-
 def _bright_corner(frame: np.ndarray) -> str:
     """Which corner of the frame holds the white square."""
     height, width = frame.shape[:2]
@@ -265,18 +248,20 @@ def _bright_corner(frame: np.ndarray) -> str:
         (180, (32, 64), "bottom-right"),
     ],
 )
-def test_frames_are_turned_as_the_display_rotation_says(tmp_path, rotation, shape, corner):
-    frame, _ = read_frame(_marked_video(tmp_path / "rotated.mp4", rotation=rotation))
+def test_frames_are_turned_as_the_display_rotation_says(
+    tmp_path, marked_video, rotation, shape, corner
+):
+    frame, _ = read_frame(marked_video(tmp_path / "rotated.mp4", rotation=rotation))
     assert frame.shape == (*shape, 3)
     assert _bright_corner(frame) == corner
 
 
-def test_non_square_pixels_are_stretched_to_the_display_aspect(tmp_path):
-    frame, _ = read_frame(_marked_video(tmp_path / "wide.mp4", aspect=Fraction(2)))
+def test_non_square_pixels_are_stretched_to_the_display_aspect(tmp_path, marked_video):
+    frame, _ = read_frame(marked_video(tmp_path / "wide.mp4", aspect=Fraction(2)))
     assert frame.shape == (32, 128, 3)  # 64 pixels twice as wide as tall
     square = frame[:, :, 0] > 128
     rows, cols = np.nonzero(square)
     assert rows.max() - rows.min() + 1 in (7, 8, 9)
     assert cols.max() - cols.min() + 1 in (15, 16, 17)  # the 8x8 square shows 16 wide
-    both, _ = read_frame(_marked_video(tmp_path / "both.mp4", -90, Fraction(1, 2)))
+    both, _ = read_frame(marked_video(tmp_path / "both.mp4", -90, Fraction(1, 2)))
     assert both.shape == (32, 32, 3) and _bright_corner(both) == "top-right"

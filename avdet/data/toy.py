@@ -39,7 +39,7 @@ from avdet.utils.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 # Bump when the generator's output changes, so an old dataset is not taken for a current one.
-TOY_VERSION = 1
+TOY_VERSION = 2
 TOY_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"clips_per_class": 5, "seconds": 3.0},
     "small": {"clips_per_class": 220, "seconds": 3.0},

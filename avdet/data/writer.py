@@ -49,8 +49,15 @@ def write_av_clip(
             vstream.width, vstream.height = width, height
             vstream.pix_fmt = "yuv420p"
             if video_codec == "libx264":
-                # one encoder thread: x264 output then depends on the input alone (reproducible files)
-                vstream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+                # Reproducible files: one encoder thread, and no macroblock-tree rate control, whose
+                # assembly reads memory x264 never wrote (the same frames gave other bytes from
+                # call to call, depending on what the process had allocated before).
+                vstream.options = {
+                    "crf": str(crf),
+                    "preset": "veryfast",
+                    "threads": "1",
+                    "x264-params": "mbtree=0",
+                }
             if frame_times is not None:
                 vstream.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -434,7 +435,17 @@ class Trainer:
                 )
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        if self.iter == self.start_iter:
+            # The schedule counts iterations, so it moves on when AMP's scaler skips an
+            # overflowing step (the first ones on a GPU), which torch warns of, on a scheduler's
+            # first step only, as a misuse.
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", "Detected call of `lr_scheduler.step", UserWarning
+                )
+                self.scheduler.step()
+        else:
+            self.scheduler.step()
         self.samples_seen += self.batch_size * self.world_size
 
         values.update(total_loss=total_value, time=time.perf_counter() - start)

@@ -5,11 +5,50 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from avdet.config import load_config
+from avdet.detection.model import build_detector
+from avdet.models.av_model import build_av_model
 from avdet.pipeline import Pipeline
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "toy" / "pipeline.yaml"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIG = CONFIGS / "toy" / "pipeline.yaml"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_every_shipped_config_loads(path):
+    """An unknown key, a value of the wrong type or a missing _BASE_ in a config raises."""
+    load_config(path)
+
+
+@pytest.mark.parametrize(
+    "config, opts",
+    [
+        (CONFIG, []),
+        (CONFIGS / "vggsound" / "pipeline.yaml", []),
+        (
+            CONFIGS / "vggsound" / "pipeline.yaml",
+            ["PIPELINE.AV_CONFIG", "av_r50.yaml", "PIPELINE.DETECTOR_CONFIG", "detector_r50.yaml"],
+        ),
+    ],
+    ids=["toy", "vggsound_r18", "vggsound_r50"],
+)
+def test_pipeline_detector_starts_from_the_stage1_visual_tower(tmp_path, config, opts):
+    """The stage configs a pipeline pairs build models whose visual trunk the detector loads."""
+    cfg = load_config(config, ["OUTPUT_DIR", str(tmp_path / "run"), *opts])
+    pipeline = Pipeline(cfg, config)
+    av_model = build_av_model(pipeline.av_config())
+    weights = tmp_path / "run" / "av" / "model_final.pth"
+    weights.parent.mkdir(parents=True)
+    torch.save({"model": av_model.state_dict(), "iteration": 1}, weights)
+    trunk = av_model.visual.trunk
+    body = build_detector(pipeline.detector_config("detector"), 3).backbone.body
+    loaded = body.state_dict()
+    for key, value in trunk.state_dict().items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
 
 
 def test_stages_share_data_keys_and_the_prepared_folder(tmp_path):

@@ -215,6 +215,10 @@ _C.TEST.HEATMAP_AUG = CfgNode()
 _C.TEST.HEATMAP_AUG.ENABLED = False
 _C.TEST.HEATMAP_AUG.SCALES = (1.0,)
 _C.TEST.HEATMAP_AUG.FLIP = True
+# Gaussian smoothing of those heatmaps (after the augmentation), sigma in cells of the map;
+# 0 = off. A maximum on one cell of clutter is flattened, one on an object a few cells wide is
+# not (avdet/models/heatmap_aug.py).
+_C.TEST.HEATMAP_SMOOTH = 0.0
 # Heatmap overlays drawn into OUTPUT_DIR/inference/.
 _C.TEST.NUM_VIS = 16
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +14,14 @@ import numpy as np
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 # Encoders that reject odd frame sizes in yuv420p (mpeg4 and VP9, for example, take them).
 _EVEN_SIZE_CODECS = ("libx264", "libx265")
+# x264 with one thread and only the SSE2 code every x86-64 processor has. Its AVX-512 code (in
+# the macroblock-tree rate control) reads memory it never wrote, so the same frames came out as
+# other bytes depending on what the process had allocated before; its AVX code rounds that
+# control's floats otherwise than the C code, so files differed between processors too. SSE2
+# gives the C code's bytes at AVX2's speed. Elsewhere x264 picks its own code.
+_X264_OPTIONS = {"preset": "veryfast", "threads": "1"}
+if platform.machine().lower() in ("x86_64", "amd64"):
+    _X264_OPTIONS["x264-params"] = "asm=MMX2,SSE2"
 
 
 def write_av_clip(
@@ -49,15 +58,7 @@ def write_av_clip(
             vstream.width, vstream.height = width, height
             vstream.pix_fmt = "yuv420p"
             if video_codec == "libx264":
-                # Reproducible files: one encoder thread, and no macroblock-tree rate control, whose
-                # assembly reads memory x264 never wrote (the same frames gave other bytes from
-                # call to call, depending on what the process had allocated before).
-                vstream.options = {
-                    "crf": str(crf),
-                    "preset": "veryfast",
-                    "threads": "1",
-                    "x264-params": "mbtree=0",
-                }
+                vstream.options = {"crf": str(crf), **_X264_OPTIONS}
             if frame_times is not None:
                 vstream.codec_context.time_base = Fraction(1, 1000)
         if audio is not None:

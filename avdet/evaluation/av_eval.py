@@ -15,7 +15,7 @@ from avdet.data.av_dataset import AVClipDataset, load_rgb
 from avdet.data.sources import DataSource
 from avdet.evaluation.clustering import cluster_metrics
 from avdet.evaluation.localization import evaluate_localization, load_vggss_annotations
-from avdet.models.av_inference import AVPredictions, heatmap_aug_args, predict_av
+from avdet.models.av_inference import AVPredictions, heatmap_test_args, predict_av
 from avdet.models.av_model import AVModel
 from avdet.utils.io import atomic_write_json
 from avdet.utils.visualize import caption, draw_boxes, image_grid, overlay_heatmap, save_png
@@ -27,20 +27,24 @@ def evaluate_av(cfg: CfgNode, model: AVModel, source: DataSource, output_dir: st
     """Localisation (when VGG-SS boxes exist) and clustering metrics on DATASETS.TEST."""
     splits = list(cfg.DATASETS.TEST)
     dataset = AVClipDataset(cfg, source.prepared_dir, splits, train=False)
-    aug = heatmap_aug_args(cfg)
+    heatmap_args = heatmap_test_args(cfg)
     preds = predict_av(
         model,
         dataset,
         batch_size=cfg.TEST.IMS_PER_BATCH,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        **aug,
+        **heatmap_args,
     )
     results: dict = {
         "splits": splits,
         "num_clips": len(dataset),
-        "heatmap_aug": {"scales": list(aug["aug_scales"]), "flip": aug["aug_flip"]}
-        if aug
+        "heatmap_aug": {
+            "scales": list(heatmap_args["aug_scales"]),
+            "flip": heatmap_args["aug_flip"],
+        }
+        if "aug_scales" in heatmap_args
         else None,
+        "heatmap_smooth": heatmap_args.get("smooth_sigma", 0.0),
     }
     boxes = _vggss_boxes(source, splits)
     records = dataset.records

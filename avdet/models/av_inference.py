@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from avdet.config import CfgNode
 from avdet.models.av_model import AVModel, heatmaps, pool_heatmap
-from avdet.models.heatmap_aug import augmented_heatmaps
+from avdet.models.heatmap_aug import augmented_heatmaps, smooth_heatmaps
 
 
 @dataclass
@@ -39,13 +39,15 @@ def predict_av(
     progress: bool = True,
     aug_scales: Sequence[float] = (),
     aug_flip: bool = False,
+    smooth_sigma: float = 0.0,
 ) -> AVPredictions:
     """Evaluate `model` (in eval mode) on every item of `dataset` (an AVClipDataset).
 
     Cluster ids come from `head`, by default the model's `cluster_head` (chosen in training).
     With `aug_scales`, each heatmap is the mean over the frame at those scales and, with
     `aug_flip`, their mirror images (`avdet.models.heatmap_aug`); cluster ids and the audio
-    embedding come from the frame as it is.
+    embedding come from the frame as it is. `smooth_sigma` > 0 then smooths each heatmap with a
+    Gaussian of that many cells; pair scores are pooled from the final heatmaps.
     """
     device = next(model.parameters()).device
     head = int(model.cluster_head) if head is None else head
@@ -59,6 +61,8 @@ def predict_av(
         h = heatmaps(out.visual_map, out.audio_embedding).float()
         if aug_scales:
             h = augmented_heatmaps(model, frames, out.audio_embedding, h, aug_scales, aug_flip)
+        if smooth_sigma > 0:
+            h = smooth_heatmaps(h, smooth_sigma)
         maps.append(h.cpu())
         scores.append(pool_heatmap(h, model.pooling, model.topk_fraction).cpu())
         probs = 0.5 * (
@@ -79,14 +83,22 @@ def predict_av(
     )
 
 
-def heatmap_aug_args(cfg: CfgNode) -> dict:
-    """predict_av's augmentation arguments from TEST.HEATMAP_AUG (none when it is disabled)."""
+def heatmap_test_args(cfg: CfgNode) -> dict:
+    """predict_av's heatmap arguments from TEST.HEATMAP_AUG and TEST.HEATMAP_SMOOTH (only those
+    that are on)."""
+    args: dict = {}
     aug = cfg.TEST.HEATMAP_AUG
-    if not aug.ENABLED:
-        return {}
-    scales = tuple(float(s) for s in aug.SCALES)
-    if not scales or min(scales) <= 0:
-        raise ValueError(
-            f"TEST.HEATMAP_AUG.SCALES must be one or more positive scales; got {list(aug.SCALES)}"
-        )
-    return {"aug_scales": scales, "aug_flip": bool(aug.FLIP)}
+    if aug.ENABLED:
+        scales = tuple(float(s) for s in aug.SCALES)
+        if not scales or min(scales) <= 0:
+            raise ValueError(
+                "TEST.HEATMAP_AUG.SCALES must be one or more positive scales; "
+                f"got {list(aug.SCALES)}"
+            )
+        args.update(aug_scales=scales, aug_flip=bool(aug.FLIP))
+    sigma = float(cfg.TEST.HEATMAP_SMOOTH)
+    if sigma < 0:
+        raise ValueError(f"TEST.HEATMAP_SMOOTH must be >= 0 (cells; 0 = off); got {sigma}")
+    if sigma > 0:
+        args["smooth_sigma"] = sigma
+    return args

@@ -1,4 +1,5 @@
-"""Test-time augmentation of heatmaps: the mean of the maps of each frame's rescaled and mirrored views.
+"""Test-time refinement of heatmaps: the mean over each frame's rescaled and mirrored views, and
+Gaussian smoothing.
 
 A stride-s map is coarse, and one view's maximum can sit on clutter next to a small object; the
 object answers the sound in every view, the clutter less consistently. Each view's map is sampled
@@ -6,6 +7,10 @@ where the base view's cells look (cell m of a stride-s map is centred on input p
 `avdet.evaluation.localization.place_on_input`), so the mean has the base map's shape and
 geometry, and what consumes heatmaps (the VGG-SS protocol, the pointing game, pseudo-boxes) is
 unchanged. Detectron2's TEST.AUG does the same for detections.
+
+Smoothing over a cell or so serves the same end: a single cell that answers the sound (a stroke of
+clutter) loses its peak, an object a few cells wide keeps it, and a blob's maximum moves to its
+middle instead of an edge.
 """
 
 from __future__ import annotations
@@ -87,3 +92,16 @@ def augmented_heatmaps(
             )
             count += 1
     return total / count
+
+
+def smooth_heatmaps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Heatmaps [B, h, w] convolved with a Gaussian of `sigma` cells (truncated at 4 sigma), the
+    edge cells extended past the border: scipy.ndimage.gaussian_filter with mode "nearest"."""
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps)
+    out = F.pad(maps.unsqueeze(1), (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1))
+    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1)).squeeze(1)

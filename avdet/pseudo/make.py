@@ -9,7 +9,7 @@ from avdet.config import CfgNode
 from avdet.data.av_dataset import AVClipDataset
 from avdet.data.coco import load_coco, save_coco
 from avdet.data.sources import DataSource
-from avdet.models.av_inference import heatmap_aug_args, predict_av
+from avdet.models.av_inference import heatmap_test_args, predict_av
 from avdet.models.av_model import AVModel
 from avdet.pseudo.export import build_pseudo_coco, gt_annotations_by_file, pseudo_quality
 from avdet.utils.io import atomic_write_json
@@ -39,7 +39,7 @@ def make_pseudo_labels(
         dataset,
         batch_size=cfg.TEST.IMS_PER_BATCH,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        **heatmap_aug_args(cfg),
+        **heatmap_test_args(cfg),
     )
     coco, counts = build_pseudo_coco(
         dataset.records, preds, cfg.MODEL.NUM_CLUSTERS, cfg.PSEUDO, input_size=dataset.frame_size

@@ -17,8 +17,9 @@ from avdet.data.av_dataset import AVClipDataset
 from avdet.data.sources import resolve_source
 from avdet.engine.defaults import default_setup
 from avdet.engine.tasks import get_task
-from avdet.models.av_inference import heatmap_aug_args, predict_av
+from avdet.models.av_inference import heatmap_test_args, predict_av
 from avdet.models.av_task import AVLoss, load_av_model
+from avdet.models.heatmap_aug import smooth_heatmaps
 from avdet.utils.io import read_jsonl
 
 TINY_MODEL = [
@@ -108,26 +109,35 @@ def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
         assert again[key] == pytest.approx(trained[key]), key
 
 
-def test_heatmap_augmentation_changes_the_maps_and_not_the_clusters(toy_cfg, tmp_path):
+def test_heatmap_augmentation_and_smoothing_change_the_maps_and_not_the_clusters(toy_cfg, tmp_path):
     plain = run_av(toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL))
     weights = ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
     aug = ["TEST.HEATMAP_AUG.ENABLED", "True", "TEST.HEATMAP_AUG.SCALES", "(0.75, 1.0, 1.5)"]
-    cfg = toy_cfg(tmp_path / "aug", "TASK", "av", *TINY_MODEL, *weights, *aug)
+    smooth = ["TEST.HEATMAP_SMOOTH", "0.75"]
+    cfg = toy_cfg(tmp_path / "aug", "TASK", "av", *TINY_MODEL, *weights, *aug, *smooth)
     augmented = run_av(cfg, eval_only=True)
-    assert plain["heatmap_aug"] is None
+    assert plain["heatmap_aug"] is None and plain["heatmap_smooth"] == 0.0
     assert augmented["heatmap_aug"] == {"scales": [0.75, 1.0, 1.5], "flip": True}
+    assert augmented["heatmap_smooth"] == 0.75
     for key in ("nmi", "accuracy", "num_images"):
         assert augmented[key] == plain[key], key
 
     model = load_av_model(cfg)
     dataset = AVClipDataset(cfg, resolve_source(cfg).prepared_dir, ["test"], train=False)
     base = predict_av(model, dataset, progress=False)
-    views = predict_av(model, dataset, progress=False, **heatmap_aug_args(cfg))
+    args = heatmap_test_args(cfg)
+    smoothed = predict_av(model, dataset, progress=False, **args)
+    args.pop("smooth_sigma")
+    views = predict_av(model, dataset, progress=False, **args)
     only_base = predict_av(model, dataset, progress=False, aug_scales=(1.0,), aug_flip=False)
     assert views.heatmaps.shape == base.heatmaps.shape
     assert not np.allclose(views.heatmaps, base.heatmaps, atol=1e-3)
     np.testing.assert_allclose(only_base.heatmaps, base.heatmaps, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(views.clusters, base.clusters)
+    # smoothing comes after the mean over views, on every map
+    expected = smooth_heatmaps(torch.from_numpy(views.heatmaps), 0.75).numpy()
+    np.testing.assert_allclose(smoothed.heatmaps, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(smoothed.clusters, base.clusters)
 
 
 class _StubLabeller:

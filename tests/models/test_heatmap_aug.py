@@ -1,4 +1,4 @@
-"""Heatmap test-time augmentation: each view's map lands where the base map's cells look."""
+"""Heatmap test-time refinement: each view's map lands where the base map's cells look; smoothing."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 from torch import nn
 
 from avdet.config import load_config
 from avdet.evaluation.localization import place_on_input
-from avdet.models.av_inference import heatmap_aug_args
-from avdet.models.heatmap_aug import augmented_heatmaps, view_heatmap_on_base
+from avdet.models.av_inference import heatmap_test_args
+from avdet.models.heatmap_aug import augmented_heatmaps, smooth_heatmaps, view_heatmap_on_base
 
 
 def test_the_base_view_is_returned_unchanged():
@@ -92,11 +93,38 @@ def test_the_mean_over_views_with_only_the_base_view_is_the_base_map():
 
 
 def test_the_config_turns_augmentation_on_and_rejects_scales_it_cannot_use():
-    assert heatmap_aug_args(load_config(None)) == {}
+    assert heatmap_test_args(load_config(None)) == {}
     on = ["TEST.HEATMAP_AUG.ENABLED", "True", "TEST.HEATMAP_AUG.FLIP", "False"]
     cfg = load_config(None, [*on, "TEST.HEATMAP_AUG.SCALES", "(1.0, 1.5)"])
-    assert heatmap_aug_args(cfg) == {"aug_scales": (1.0, 1.5), "aug_flip": False}
+    assert heatmap_test_args(cfg) == {"aug_scales": (1.0, 1.5), "aug_flip": False}
     for bad in ("()", "(1.0, 0.0)"):
         cfg = load_config(None, [*on, "TEST.HEATMAP_AUG.SCALES", bad])
         with pytest.raises(ValueError, match="TEST.HEATMAP_AUG.SCALES"):
-            heatmap_aug_args(cfg)
+            heatmap_test_args(cfg)
+
+
+def test_the_config_turns_smoothing_on_alone_and_rejects_a_negative_sigma():
+    assert heatmap_test_args(load_config(None, ["TEST.HEATMAP_SMOOTH", "0.75"])) == {
+        "smooth_sigma": 0.75
+    }
+    with pytest.raises(ValueError, match="TEST.HEATMAP_SMOOTH"):
+        heatmap_test_args(load_config(None, ["TEST.HEATMAP_SMOOTH", "-1.0"]))
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 20), (2, 1, 7), (1, 2, 3)])
+@pytest.mark.parametrize("sigma", [0.5, 0.75, 3.0])
+def test_smoothing_is_scipys_gaussian_filter_with_edges_extended(shape, sigma):
+    # sigma 3 reaches 12 cells past maps of 1-3 cells: the edge value stands for all of them
+    maps = torch.rand(*shape, dtype=torch.float64)
+    expected = np.stack([gaussian_filter(m, sigma, mode="nearest") for m in maps.numpy()])
+    np.testing.assert_allclose(smooth_heatmaps(maps, sigma).numpy(), expected, atol=1e-12)
+
+
+def test_smoothing_takes_the_peak_from_one_cell_of_clutter_to_the_object():
+    maps = torch.zeros(1, 12, 16)
+    maps[0, 2, 3] = 1.0  # a thin stroke answers the sound at one cell
+    maps[0, 7:10, 9:12] = 0.8  # the object, three cells wide, a little less
+    maps[0, 8, 11] = 0.85  # with its own maximum on its edge
+    smoothed = smooth_heatmaps(maps, 0.75)[0]
+    assert divmod(int(maps[0].argmax()), 16) == (2, 3)
+    assert divmod(int(smoothed.argmax()), 16) == (8, 10)  # the object's middle

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -207,3 +208,22 @@ def test_global_batch_must_split_evenly():
         ValueError, match=r"IMS_PER_BATCH \(10\) must be a positive multiple .* \(3\)"
     ):
         per_process_batch_size(10, 3)
+
+
+def test_a_skipped_first_step_does_not_warn_about_the_schedule(tmp_path):
+    """AMP's scaler skips the first steps whose float16 gradients overflow; the schedule still
+    counts the iteration, which torch would report as calling the scheduler before the optimiser."""
+    seed_all(0)
+    trainer = Trainer(toy_cfg(tmp_path), ToyModel(), ToyRegression(), mse_loss)
+    scaler_step = trainer.scaler.step
+
+    def skip_first(optimizer):
+        if trainer.iter > 0:
+            scaler_step(optimizer)
+
+    trainer.scaler.step = skip_first
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "lr_scheduler.step" in str(w.message)]
+    assert trainer.scheduler.last_epoch == trainer.iter + 1  # every iteration counted

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,12 +52,20 @@ logger = logging.getLogger(__name__)
 # Where naming votes may come from (PIPELINE.NAMING_VOTES; avdet/config/defaults.py says what
 # each one is).
 NAMING_VOTES = ("boxes", "pseudo", "detections")
+# The label sweep's key for PIPELINE.LABEL_SWEEP entry 0: every labelled train image.
+ALL_LABELS = "all"
+
 # Keys the pipeline config hands to every stage (sections are copied whole).
 SHARED_KEYS = (
     "DATASETS", "SEED", "DEVICE", "DATALOADER", "MODEL.NUM_CLUSTERS", "PSEUDO",
     "TEST.CIOU_THRESHOLD", "TEST.CIOU_FIXED_VALUE", "TEST.HEATMAP_SIZE",
     "TEST.POINTING_ON_INPUT",
 )  # fmt: skip
+
+
+def sweep_key(per_class: int) -> str:
+    """report.json's key for a label-sweep entry: the labels per class, or "all" for 0."""
+    return ALL_LABELS if per_class <= 0 else str(per_class)
 
 
 def stage_config(
@@ -225,6 +234,7 @@ class Pipeline:
         manifest = load_manifest(source.prepared_dir)
         gt = self.ground_truth(source, manifest)
         default_setup(av_cfg)
+        self.check_cluster_count(gt["train"])
         self.report["av"] = get_task("av")(av_cfg, argparse.Namespace(resume=True, eval_only=False))
         pseudo_path = self.out / "pseudo" / PSEUDO_JSON
         if not pseudo_path.exists():
@@ -263,6 +273,21 @@ class Pipeline:
                 subset = sample_labelled_images(train_gt, k, seed=self.cfg.SEED)
             paths[f"labels_{k}"] = save_coco(self.out / "gt" / f"labels_{k}.json", subset)
         return paths
+
+    def check_cluster_count(self, train_gt: Path) -> None:
+        """Say how MODEL.NUM_CLUSTERS compares with the classes of the ground truth: the toy
+        config's K is easy to keep by mistake on one's own data, and naming is one to one, so
+        with fewer clusters than classes some classes can never be detected."""
+        classes = len({a["category_id"] for a in load_coco(train_gt)["annotations"]})
+        k = self.cfg.MODEL.NUM_CLUSTERS
+        if k < classes:
+            logger.warning(
+                "MODEL.NUM_CLUSTERS %d is below the %d classes boxed in %s: at most %d of them "
+                "can be named; set MODEL.NUM_CLUSTERS %d (or more, to over-cluster)",
+                k, classes, train_gt, k, classes,
+            )  # fmt: skip
+        else:
+            logger.info("%d clusters for the %d classes boxed in %s", k, classes, train_gt)
 
     # -- detectors -------------------------------------------------------------------------
     def selfsup_detector(self, pseudo_path: Path, gt: dict[str, Path], image_dir: str) -> dict:
@@ -310,7 +335,7 @@ class Pipeline:
             )
             named = relabel_detections(test_detections, mapping, unknown_category_id=unknown_id)
             metrics = evaluate_coco(test_gt, named)
-            sweep[k] = {
+            sweep[sweep_key(k)] = {
                 "labelled_images": len(labels["images"]),
                 "named_clusters": sum(isinstance(v, int) for v in mapping.values()),
                 "AP50": metrics["AP50"],
@@ -454,10 +479,11 @@ def report_markdown(summary: dict) -> str:
         "| labels per class | labelled images | named clusters | mAP@0.5 |",
         "| --- | --- | --- | --- |",
     ]
-    for k, row in sorted((s.get("label_sweep") or {}).items(), key=lambda kv: int(kv[0])):
+    sweep = s.get("label_sweep") or {}
+    for k in sorted(sweep, key=lambda k: math.inf if k == ALL_LABELS else int(k)):
+        row = sweep[k]
         lines.append(
-            f"| {'all' if int(k) == 0 else k} | {row['labelled_images']} | {row['named_clusters']} "
-            f"| {_fmt(row['AP50'])} |"
+            f"| {k} | {row['labelled_images']} | {row['named_clusters']} | {_fmt(row['AP50'])} |"
         )
     q = s.get("pseudo_quality") or {}
     lines += [

@@ -16,7 +16,7 @@ TINY = [
     "DATASETS.TOY.NUM_CLASSES", "3",
     "MODEL.NUM_CLUSTERS", "3",
     "DATALOADER.NUM_WORKERS", "0",
-    "PIPELINE.LABEL_SWEEP", "(1, 2)",
+    "PIPELINE.LABEL_SWEEP", "(1, 0)",  # 0: every labelled train image
     "PIPELINE.AV_OPTS",
     "('SOLVER.MAX_ITER', '6', 'SELFLABEL.START_ITER', '2', 'SOLVER.IMS_PER_BATCH', '8', 'TEST.NUM_VIS', '4')",
     "PIPELINE.DETECTOR_OPTS", "('SOLVER.MAX_ITER', '4', 'SOLVER.IMS_PER_BATCH', '4')",
@@ -40,8 +40,12 @@ def test_pipeline_end_to_end_and_resume(toy_root, tmp_path):
     for key in ("map50_selfsup", "map50_supervised", "ciou50", "nmi"):
         assert 0.0 <= report[key] <= 1.0, key
     assert summary["map50_supervised"] == report["map50_supervised"]
-    assert set(report["label_sweep"]) == {"1", "2"}
-    assert "mAP@0.5" in (out / "report.md").read_text()
+    assert set(report["label_sweep"]) == {"1", "all"}
+    train_images = json.loads((out / "gt" / "instances_train.json").read_text())["images"]
+    assert report["label_sweep"]["all"]["labelled_images"] == len(train_images)
+    markdown = (out / "report.md").read_text()
+    assert "mAP@0.5" in markdown
+    assert markdown.index("\n| 1 | ") < markdown.index("\n| all | ")
     for path in ("av/model_final.pth", "pseudo/pseudo_train.json", "detector/model_final.pth",
                  "detector/naming/mapping.json", "detector/naming/detections.png",
                  "baseline_supervised/model_final.pth", "gt/labels_1.json"):  # fmt: skip

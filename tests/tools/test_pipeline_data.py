@@ -129,3 +129,26 @@ def test_a_run_prepares_the_clips_once(tmp_path, monkeypatch):
     # once, at the audio rate stage 1 reads the wavs with (its config's, not the pipeline's)
     assert calls == [(tmp_path / "run" / "prepared", 8000)]
     assert (tmp_path / "run" / "gt" / "instances_test.json").is_file()
+
+
+@pytest.mark.parametrize("clusters, warned", [(2, True), (3, False), (6, False)])
+def test_fewer_clusters_than_classes_is_warned(tmp_path, avdet_caplog, clusters, warned):
+    gt = _gt("a_000001.mp4", "b_000003.mp4", "c_000005.mp4", "d_000007.mp4")
+    for annotation, category_id in zip(gt["annotations"], (1, 2, 3, 3), strict=True):
+        annotation["category_id"] = category_id
+    gt["categories"] += [
+        {"id": 2, "name": "dog"},
+        {"id": 3, "name": "bell"},
+        {"id": 4, "name": "owl"},
+    ]
+    path = save_coco(tmp_path / "instances_train.json", gt)
+    cfg = load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path), "MODEL.NUM_CLUSTERS", str(clusters)])
+    Pipeline(cfg, CONFIG).check_cluster_count(path)
+    warnings = [r.getMessage() for r in avdet_caplog.records if r.levelno == logging.WARNING]
+    if warned:  # 3 classes have boxes; the category without any does not count
+        assert warnings == [
+            f"MODEL.NUM_CLUSTERS 2 is below the 3 classes boxed in {path}: at most 2 of them can "
+            "be named; set MODEL.NUM_CLUSTERS 3 (or more, to over-cluster)"
+        ]
+    else:
+        assert not warnings

@@ -77,10 +77,12 @@ def serialized_size(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def _torch_ao() -> Iterator[None]:
-    """torch.ao.quantization warns that it moves to torchao; the issue asks for torch.ao."""
+    """torch.ao.quantization warns that it, and the quantized tensors its int8 modules hold, move
+    to torchao; the issue asks for torch.ao."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
         warnings.filterwarnings("ignore", "Please use quant_min and quant_max", UserWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel")
         yield
 
 

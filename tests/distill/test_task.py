@@ -204,6 +204,7 @@ def test_compress_teacher_reports_before_and_after():
     def distil(model, name):
         assert all(p.requires_grad for p in model.parameters())  # a trainable copy
         tuned.append(name)
+        model(torch.stack(patches))  # as training would: QAT's observers see the patches
         return model
 
     results = compress_teacher(teacher, ["prune", "int8"], patches, test_set, distil, 0.5, 8)

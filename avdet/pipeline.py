@@ -234,7 +234,6 @@ class Pipeline:
         manifest = load_manifest(source.prepared_dir)
         gt = self.ground_truth(source, manifest)
         default_setup(av_cfg)
-        self.check_cluster_count(gt["train"])
         self.report["av"] = get_task("av")(av_cfg, argparse.Namespace(resume=True, eval_only=False))
         pseudo_path = self.out / "pseudo" / PSEUDO_JSON
         if not pseudo_path.exists():
@@ -266,6 +265,7 @@ class Pipeline:
         own = self.cfg.DATASETS.LABELS
         main_k = self.cfg.PIPELINE.LABELS_PER_CLASS
         train_gt = load_coco(paths["train"])
+        self.check_cluster_count(train_gt, paths["train"])
         for k in sorted({main_k, *self.cfg.PIPELINE.LABEL_SWEEP}):
             if own and k == main_k:
                 subset = frames_coco(load_coco(own), manifest, own)
@@ -274,20 +274,20 @@ class Pipeline:
             paths[f"labels_{k}"] = save_coco(self.out / "gt" / f"labels_{k}.json", subset)
         return paths
 
-    def check_cluster_count(self, train_gt: Path) -> None:
+    def check_cluster_count(self, train_gt: dict, path: Path) -> None:
         """Say how MODEL.NUM_CLUSTERS compares with the classes of the ground truth: the toy
         config's K is easy to keep by mistake on one's own data, and naming is one to one, so
         with fewer clusters than classes some classes can never be detected."""
-        classes = len({a["category_id"] for a in load_coco(train_gt)["annotations"]})
+        classes = len({a["category_id"] for a in train_gt["annotations"]})
         k = self.cfg.MODEL.NUM_CLUSTERS
         if k < classes:
             logger.warning(
                 "MODEL.NUM_CLUSTERS %d is below the %d classes boxed in %s: at most %d of them "
                 "can be named; set MODEL.NUM_CLUSTERS %d (or more, to over-cluster)",
-                k, classes, train_gt, k, classes,
+                k, classes, path, k, classes,
             )  # fmt: skip
         else:
-            logger.info("%d clusters for the %d classes boxed in %s", k, classes, train_gt)
+            logger.info("%d clusters for the %d classes boxed in %s", k, classes, path)
 
     # -- detectors -------------------------------------------------------------------------
     def selfsup_detector(self, pseudo_path: Path, gt: dict[str, Path], image_dir: str) -> dict:

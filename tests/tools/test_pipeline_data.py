@@ -143,7 +143,7 @@ def test_fewer_clusters_than_classes_is_warned(tmp_path, avdet_caplog, clusters,
     ]
     path = save_coco(tmp_path / "instances_train.json", gt)
     cfg = load_config(CONFIG, ["OUTPUT_DIR", str(tmp_path), "MODEL.NUM_CLUSTERS", str(clusters)])
-    Pipeline(cfg, CONFIG).check_cluster_count(path)
+    Pipeline(cfg, CONFIG).check_cluster_count(gt, path)
     warnings = [r.getMessage() for r in avdet_caplog.records if r.levelno == logging.WARNING]
     if warned:  # 3 classes have boxes; the category without any does not count
         assert warnings == [

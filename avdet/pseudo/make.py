@@ -24,6 +24,19 @@ class NoPseudoBoxesError(ValueError):
     """No training frame produced a pseudo-box: nothing to train a detector on."""
 
 
+def pseudo_label_config(cfg: CfgNode) -> CfgNode:
+    """`cfg` with INPUT.FRAME_SIZE scaled by PSEUDO.FRAME_SCALE: the size at which the training
+    frames' heatmaps are computed for the pseudo-boxes (the model is fully convolutional, so a
+    larger frame gives a finer map)."""
+    scale = float(cfg.PSEUDO.FRAME_SCALE)
+    if scale <= 0:
+        raise ValueError(f"PSEUDO.FRAME_SCALE must be > 0 (1 = INPUT.FRAME_SIZE); got {scale}")
+    if scale == 1.0:
+        return cfg
+    size = tuple(max(1, round(side * scale)) for side in cfg.INPUT.FRAME_SIZE)
+    return cfg.clone().defrost().merge_from_list(["INPUT.FRAME_SIZE", str(size)]).freeze()
+
+
 def make_pseudo_labels(
     cfg: CfgNode, model: AVModel, source: DataSource, output_dir: str | Path
 ) -> dict:
@@ -33,6 +46,7 @@ def make_pseudo_labels(
     clips) and, where instances_<split>.json ground truth exists, the pseudo-label quality.
     """
     output_dir = Path(output_dir)
+    cfg = pseudo_label_config(cfg)
     dataset = AVClipDataset(cfg, source.prepared_dir, cfg.DATASETS.TRAIN, train=False)
     preds = predict_av(
         model,
@@ -51,7 +65,12 @@ def make_pseudo_labels(
             "is the AV model trained?"
         )
     json_path = save_coco(output_dir / PSEUDO_JSON, coco)
-    report = {"json": str(json_path), "image_dir": str(source.prepared_dir), "counts": counts}
+    report = {
+        "json": str(json_path),
+        "image_dir": str(source.prepared_dir),
+        "frame_size": list(dataset.frame_size),
+        "counts": counts,
+    }
     gt_files = [source.annotation(f"instances_{split}.json") for split in cfg.DATASETS.TRAIN]
     gt_files = [p for p in gt_files if p is not None]
     if gt_files:

@@ -39,6 +39,25 @@ def toy_cfg(toy_root):
     return lambda output_dir, *opts: tiny_toy_cfg(toy_root, output_dir, *opts)
 
 
+# An AV model small enough to train and run in seconds on the tiny toy set.
+TINY_AV_MODEL = (
+    "INPUT.FRAME_SIZE", "(64, 80)",
+    "INPUT.AUDIO.SECONDS", "1.0",
+    "INPUT.AUDIO.N_MELS", "32",
+    "MODEL.VISUAL.LAST_STAGE", "layer2",
+    "MODEL.AUDIO.LAST_STAGE", "layer2",
+    "MODEL.EMBED_DIM", "32",
+    "MODEL.HEAD_HIDDEN_DIM", "32",
+    "MODEL.NUM_CLUSTERS", "3",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_av_cfg(toy_root):
+    """`tiny_av_cfg(output_dir, *opts)`: `toy_cfg` with the tiny AV model (TINY_AV_MODEL)."""
+    return lambda output_dir, *opts: tiny_toy_cfg(toy_root, output_dir, *TINY_AV_MODEL, *opts)
+
+
 def tiny_toy_cfg(root: Path, output_dir: Path, *opts: str) -> CfgNode:
     """A CPU config for tiny, fast runs on the toy set at `root`."""
     return load_config(

@@ -22,15 +22,8 @@ from avdet.models.av_task import AVLoss, load_av_model
 from avdet.models.heatmap_aug import smooth_heatmaps
 from avdet.utils.io import read_jsonl
 
-TINY_MODEL = [
-    "INPUT.FRAME_SIZE", "(64, 80)",
-    "INPUT.AUDIO.SECONDS", "1.0",
-    "INPUT.AUDIO.N_MELS", "32",
-    "MODEL.VISUAL.LAST_STAGE", "layer2",
-    "MODEL.AUDIO.LAST_STAGE", "layer2",
-    "MODEL.EMBED_DIM", "32",
-    "MODEL.HEAD_HIDDEN_DIM", "32",
-    "MODEL.NUM_CLUSTERS", "3",
+# A few steps of the tiny AV model (tiny_av_cfg).
+TINY_TRAINING = [
     "MODEL.NUM_HEADS", "2",
     "SOLVER.IMS_PER_BATCH", "8",
     "SOLVER.MAX_ITER", "4",
@@ -49,8 +42,8 @@ def run_av(cfg, resume=False, eval_only=False, stop_at=None) -> dict:
     return get_task("av")(cfg, args)
 
 
-def test_training_writes_results_checkpoints_and_label_health(toy_cfg, tmp_path):
-    cfg = toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL)
+def test_training_writes_results_checkpoints_and_label_health(tiny_av_cfg, tmp_path):
+    cfg = tiny_av_cfg(tmp_path, "TASK", "av", *TINY_TRAINING)
     results = run_av(cfg)
     saved = json.loads((tmp_path / "inference" / "av_results.json").read_text())
     assert saved == json.loads(json.dumps(results))
@@ -83,9 +76,9 @@ def test_training_writes_results_checkpoints_and_label_health(toy_cfg, tmp_path)
     assert {m["best_head"] for m in health} <= {0, 1}
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(toy_cfg, tmp_path):
-    straight = toy_cfg(tmp_path / "straight", "TASK", "av", *TINY_MODEL)
-    split = toy_cfg(tmp_path / "split", "TASK", "av", *TINY_MODEL)
+def test_resume_ends_where_an_uninterrupted_run_ends(tiny_av_cfg, tmp_path):
+    straight = tiny_av_cfg(tmp_path / "straight", "TASK", "av", *TINY_TRAINING)
+    split = tiny_av_cfg(tmp_path / "split", "TASK", "av", *TINY_TRAINING)
     run_av(straight)
     run_av(split, stop_at=3)
     assert not (tmp_path / "split" / "model_final.pth").exists()
@@ -97,11 +90,11 @@ def test_resume_ends_where_an_uninterrupted_run_ends(toy_cfg, tmp_path):
     assert torch.equal(a["hooks"]["SelfLabelHook"]["labels"], b["hooks"]["SelfLabelHook"]["labels"])
 
 
-def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
-    cfg = toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL)
+def test_eval_only_reproduces_the_final_evaluation(tiny_av_cfg, tmp_path):
+    cfg = tiny_av_cfg(tmp_path, "TASK", "av", *TINY_TRAINING)
     trained = run_av(cfg)
     again = run_av(
-        toy_cfg(tmp_path / "eval", "TASK", "av", *TINY_MODEL,
+        tiny_av_cfg(tmp_path / "eval", "TASK", "av", *TINY_TRAINING,
                 "MODEL.WEIGHTS", str(tmp_path / "model_final.pth")),
         eval_only=True,
     )  # fmt: skip
@@ -109,12 +102,14 @@ def test_eval_only_reproduces_the_final_evaluation(toy_cfg, tmp_path):
         assert again[key] == pytest.approx(trained[key]), key
 
 
-def test_heatmap_augmentation_and_smoothing_change_the_maps_and_not_the_clusters(toy_cfg, tmp_path):
-    plain = run_av(toy_cfg(tmp_path, "TASK", "av", *TINY_MODEL))
+def test_heatmap_augmentation_and_smoothing_change_the_maps_and_not_the_clusters(
+    tiny_av_cfg, tmp_path
+):
+    plain = run_av(tiny_av_cfg(tmp_path, "TASK", "av", *TINY_TRAINING))
     weights = ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]
     aug = ["TEST.HEATMAP_AUG.ENABLED", "True", "TEST.HEATMAP_AUG.SCALES", "(0.75, 1.0, 1.5)"]
     smooth = ["TEST.HEATMAP_SMOOTH", "0.75"]
-    cfg = toy_cfg(tmp_path / "aug", "TASK", "av", *TINY_MODEL, *weights, *aug, *smooth)
+    cfg = tiny_av_cfg(tmp_path / "aug", "TASK", "av", *TINY_TRAINING, *weights, *aug, *smooth)
     augmented = run_av(cfg, eval_only=True)
     assert plain["heatmap_aug"] is None and plain["heatmap_smooth"] == 0.0
     assert augmented["heatmap_aug"] == {"scales": [0.75, 1.0, 1.5], "flip": True}
@@ -191,11 +186,11 @@ def test_label_health_warns_once_on_collapse_and_on_a_stuck_clustering_loss(capl
     assert not caplog.records
 
 
-def test_cluster_clips_tool_labels_unseen_clips(toy_cfg, toy_root, tmp_path):
+def test_cluster_clips_tool_labels_unseen_clips(tiny_av_cfg, toy_root, tmp_path):
     import runpy
 
-    cfg = toy_cfg(
-        tmp_path / "av", "TASK", "av", *TINY_MODEL, "SOLVER.MAX_ITER", "2", "TEST.NUM_VIS", "0"
+    cfg = tiny_av_cfg(
+        tmp_path / "av", "TASK", "av", *TINY_TRAINING, "SOLVER.MAX_ITER", "2", "TEST.NUM_VIS", "0"
     )
     run_av(cfg)
     videos = tmp_path / "new_clips"
@@ -221,9 +216,9 @@ def test_cluster_clips_tool_labels_unseen_clips(toy_cfg, toy_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_train_self_label_and_evaluate(toy_cfg, tmp_path):
+def test_two_processes_train_self_label_and_evaluate(tiny_av_cfg, tmp_path):
     """`--num-gpus 2` end to end: DDP does not stall on the heads that wait for the first labels."""
-    cfg = toy_cfg(tmp_path / "run", "TASK", "av", *TINY_MODEL, "SELFLABEL.START_ITER", "2")
+    cfg = tiny_av_cfg(tmp_path / "run", "TASK", "av", *TINY_TRAINING, "SELFLABEL.START_ITER", "2")
     config = tmp_path / "av.yaml"
     config.write_text(cfg.dump())
     repo = Path(__file__).resolve().parents[2]

@@ -11,21 +11,10 @@ from avdet.data.sources import resolve_source
 from avdet.models.av_model import build_av_model
 from avdet.pseudo.make import make_pseudo_labels, pseudo_label_config
 
-TINY_MODEL = [
-    "INPUT.FRAME_SIZE", "(64, 80)",
-    "INPUT.AUDIO.SECONDS", "1.0",
-    "INPUT.AUDIO.N_MELS", "32",
-    "MODEL.VISUAL.LAST_STAGE", "layer2",
-    "MODEL.AUDIO.LAST_STAGE", "layer2",
-    "MODEL.EMBED_DIM", "32",
-    "MODEL.HEAD_HIDDEN_DIM", "32",
-    "MODEL.NUM_CLUSTERS", "3",
-]  # fmt: skip
-
 
 @pytest.mark.parametrize("scale, size", [(1.0, [64, 80]), (1.5, [96, 120]), (0.8, [51, 64])])
-def test_frame_scale_sets_the_size_of_the_heatmaps_frames(toy_cfg, tmp_path, scale, size):
-    cfg = toy_cfg(tmp_path, *TINY_MODEL, "PSEUDO.FRAME_SCALE", str(scale))
+def test_frame_scale_sets_the_size_of_the_heatmaps_frames(tiny_av_cfg, tmp_path, scale, size):
+    cfg = tiny_av_cfg(tmp_path, "PSEUDO.FRAME_SCALE", str(scale))
     torch.manual_seed(0)
     report = make_pseudo_labels(
         cfg, build_av_model(cfg).eval(), resolve_source(cfg), tmp_path / "pseudo"
@@ -42,7 +31,7 @@ def test_frame_scale_sets_the_size_of_the_heatmaps_frames(toy_cfg, tmp_path, sca
 
 
 @pytest.mark.parametrize("scale", ["0", "-1.5"])
-def test_a_frame_scale_that_is_not_positive_is_a_clear_error(toy_cfg, tmp_path, scale):
-    cfg = toy_cfg(tmp_path, *TINY_MODEL, "PSEUDO.FRAME_SCALE", scale)
+def test_a_frame_scale_that_is_not_positive_is_a_clear_error(tiny_av_cfg, tmp_path, scale):
+    cfg = tiny_av_cfg(tmp_path, "PSEUDO.FRAME_SCALE", scale)
     with pytest.raises(ValueError, match="PSEUDO.FRAME_SCALE must be > 0"):
         pseudo_label_config(cfg)
